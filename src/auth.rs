@@ -1,0 +1,4 @@
+//! Client authentication: JWT verification and the tenant id it yields.
+
+pub mod jwt;
+pub mod tenant;

@@ -1,0 +1,514 @@
+//! The per-client transaction-pooling loop.
+//!
+//! The session owns the client socket and, during a transaction, one server
+//! connection. It reads client messages, injects the tenant at the start of
+//! each transaction, replaces refused statements, and forwards the rest as
+//! bytes; replies are filtered through [`Outstanding`]. The server goes back
+//! to the pool at `ReadyForQuery 'I'` once nothing else is owed.
+//!
+//! All four directions (client read/write, server read/write) are driven by
+//! one `poll_fn`, so a client that pipelines a lot while the server answers a
+//! lot can never deadlock the two sockets against each other.
+
+use std::collections::HashSet;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncWrite;
+use tokio_util::io::poll_read_buf;
+
+use super::inject::{self, Refused, Role};
+use super::login::LoggedIn;
+use super::outstanding::{Action, Outstanding, Owner, Pending, QueryPlan, Step};
+use super::Fatal;
+use crate::cancel::{Registration, ServerKey};
+use crate::net::ClientStream;
+use crate::server::Shared;
+use crate::sql::inspect::TxControl;
+use crate::upstream::connect::MAX_SERVER_MESSAGE;
+use crate::upstream::{PoolError, Pooled};
+use crate::wire::{build, frame};
+
+/// Largest message accepted from a client.
+pub const MAX_CLIENT_MESSAGE: usize = 64 << 20;
+/// Stop reading from one side while this much is waiting to be written to the other.
+const HIGH_WATER: usize = 256 << 10;
+const READ_CHUNK: usize = 16 << 10;
+
+/// Transaction status byte of an idle session.
+const IDLE: u8 = b'I';
+
+/// One logged-in client.
+pub struct Session {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    client: ClientStream,
+    cin: BytesMut,
+    cout: BytesMut,
+    client_unflushed: bool,
+    server: Option<Pooled>,
+    sout: BytesMut,
+    server_unflushed: bool,
+    outstanding: Outstanding,
+    /// `SET LOCAL <setting> = '<tenant>'` for this client.
+    tenant_stmt: Bytes,
+    cancel: Registration,
+    /// Extended-protocol messages were sent since the last Sync.
+    unit_open: bool,
+    /// The open extended unit contains transaction control.
+    unit_tx: bool,
+    /// Transaction status after everything forwarded so far, or `None` while a
+    /// transaction-control statement's outcome is still unknown.
+    predicted: Option<u8>,
+    /// Status of the last ReadyForQuery from the server.
+    server_status: u8,
+    /// The client's named statements that contain transaction control.
+    tx_statements: HashSet<Bytes>,
+    unnamed_tx: bool,
+    standard_conforming_strings: bool,
+}
+
+enum Event {
+    ClientData,
+    ClientEof,
+    ServerData,
+    ServerEof,
+    Wrote,
+}
+
+/// Runs a logged-in client until it leaves.
+pub async fn run(shared: Arc<Shared>, logged: LoggedIn, peer: SocketAddr) {
+    let started = Instant::now();
+    let tenant = logged.tenant.as_str().to_string();
+    let mut session = match Session::start(shared, logged, peer).await {
+        Ok(s) => s,
+        Err((fatal, mut stream)) => {
+            tracing::warn!(%peer, %tenant, code = fatal.code, message = %fatal.message, "session refused");
+            fatal.send(&mut stream).await;
+            return;
+        }
+    };
+    let result = session.serve().await;
+    if let Err(fatal) = &result {
+        tracing::warn!(%peer, %tenant, code = fatal.code, message = %fatal.message, "session ended with an error");
+        let mut buf = BytesMut::new();
+        build::error_response(&mut buf, build::Severity::Fatal, fatal.code, &fatal.message, fatal.hint.as_deref());
+        session.cout.extend_from_slice(&buf);
+    }
+    session.finish().await;
+    tracing::info!(%peer, %tenant, seconds = started.elapsed().as_secs_f64(), "client disconnected");
+}
+
+impl Session {
+    async fn start(shared: Arc<Shared>, logged: LoggedIn, peer: SocketAddr) -> Result<Session, (Fatal, ClientStream)> {
+        let LoggedIn { stream, rbuf, tenant, user, .. } = logged;
+        let params = match shared.pool.server_params(shared.config.upstream.pool_timeout).await {
+            Ok(p) => p,
+            Err(e) => return Err((pool_fatal(e), stream)),
+        };
+        let cancel = shared.cancel.register();
+        let mut cout = BytesMut::with_capacity(1024);
+        build::authentication(&mut cout, 0);
+        for (name, value) in params.iter() {
+            build::parameter_status(&mut cout, name, value);
+        }
+        build::backend_key_data(&mut cout, cancel.pid, cancel.secret);
+        build::ready_for_query(&mut cout, IDLE);
+        let scs = !params.iter().any(|(k, v)| k == "standard_conforming_strings" && v == "off");
+        let stmt = format!("SET LOCAL {} = '{}'", shared.config.tenant.setting, tenant.as_str());
+        tracing::info!(%peer, user = %user, tenant = %tenant.as_str(), tls = stream.is_tls(), "client logged in");
+        Ok(Session {
+            shared,
+            peer,
+            client: stream,
+            cin: rbuf,
+            cout,
+            client_unflushed: false,
+            server: None,
+            sout: BytesMut::with_capacity(READ_CHUNK),
+            server_unflushed: false,
+            outstanding: Outstanding::default(),
+            tenant_stmt: Bytes::from(stmt),
+            cancel,
+            unit_open: false,
+            unit_tx: false,
+            predicted: Some(IDLE),
+            server_status: IDLE,
+            tx_statements: HashSet::new(),
+            unnamed_tx: false,
+            standard_conforming_strings: scs,
+        })
+    }
+
+    async fn serve(&mut self) -> Result<(), Fatal> {
+        loop {
+            if !self.process_client().await? {
+                return Ok(());
+            }
+            self.process_server()?;
+            self.maybe_release().await;
+            match self.wait_event().await {
+                Ok(Event::ClientEof) => return Ok(()),
+                Ok(Event::ServerEof) => {
+                    return Err(Fatal::new("08006", "the server connection closed unexpectedly")
+                        .hint("the transaction in progress was lost; reconnect and retry"));
+                }
+                Ok(Event::ClientData | Event::ServerData | Event::Wrote) => {}
+                Err(side) => return Err(side),
+            }
+        }
+    }
+
+    /// Handles every complete client message that may go now. Returns false
+    /// when the client asked to terminate.
+    async fn process_client(&mut self) -> Result<bool, Fatal> {
+        while self.predicted.is_some() && self.sout.len() < HIGH_WATER {
+            let header = frame::complete_header(&self.cin, MAX_CLIENT_MESSAGE)
+                .map_err(|e| Fatal::new("08P01", format!("invalid message from client: {e}")))?;
+            let Some(h) = header else { break };
+            let msg = self.cin.split_to(h.total).freeze();
+            if !self.on_client_message(h.tag, msg).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn on_client_message(&mut self, tag: u8, msg: Bytes) -> Result<bool, Fatal> {
+        let attached = self.server.is_some();
+        match tag {
+            b'X' => return Ok(false),
+            b'S' if !attached && !self.unit_open => {
+                build::ready_for_query(&mut self.cout, IDLE);
+                return Ok(true);
+            }
+            // Flush with nothing pending, and COPY data after a failed COPY,
+            // need no server (PostgreSQL ignores the latter too).
+            b'H' | b'd' | b'c' | b'f' if !attached => return Ok(true),
+            b'Q' | b'F' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'H' | b'd' | b'c' | b'f' => {}
+            other => {
+                return Err(Fatal::new("08P01", format!("invalid frontend message type {other}")));
+            }
+        }
+        self.ensure_server().await?;
+        match tag {
+            b'Q' => self.on_query(msg)?,
+            b'F' => self.on_function_call(),
+            b'P' => self.on_parse(msg)?,
+            b'B' => {
+                self.note_bind(&msg)?;
+                self.forward_step(Step::Bind, &msg);
+            }
+            b'D' => match msg.get(frame::HEADER_LEN) {
+                Some(b'S') => self.forward_step(Step::DescribeStatement, &msg),
+                Some(b'P') => self.forward_step(Step::DescribePortal, &msg),
+                _ => return Err(Fatal::new("08P01", "invalid Describe message")),
+            },
+            b'E' => self.forward_step(Step::Execute, &msg),
+            b'C' => self.forward_step(Step::Close, &msg),
+            b'S' => self.on_sync(&msg),
+            _ => self.sout.extend_from_slice(&msg),
+        }
+        Ok(true)
+    }
+
+    async fn ensure_server(&mut self) -> Result<(), Fatal> {
+        if self.server.is_some() {
+            return Ok(());
+        }
+        let pooled = self.shared.pool.checkout(self.shared.config.upstream.pool_timeout).await.map_err(pool_fatal)?;
+        let (pid, secret) = pooled.conn.key;
+        *self.cancel.slot.lock().await = Some(ServerKey { pid, secret });
+        self.server = Some(pooled);
+        self.server_status = IDLE;
+        Ok(())
+    }
+
+    fn on_query(&mut self, msg: Bytes) -> Result<(), Fatal> {
+        let sql = match frame::cstr(&msg[frame::HEADER_LEN..]) {
+            Some((sql, b"")) => msg.slice(frame::HEADER_LEN..frame::HEADER_LEN + sql.len()),
+            _ => return Err(Fatal::new("08P01", "invalid Query message")),
+        };
+        let insp = self.shared.inspector.inspect(&sql, self.standard_conforming_strings);
+        let starts_transaction = self.predicted == Some(IDLE) && !self.unit_open;
+        let single_no_block = insp.statements.len() == 1 && insp.statements[0].no_tx_block;
+        let inject = starts_transaction && !insp.lex_error && !insp.statements.is_empty() && !single_no_block;
+        let tx_control = insp.statements.iter().any(|s| s.tx != TxControl::None);
+        match inject::rewrite_query(&sql, &insp, &self.tenant_stmt, inject) {
+            None => {
+                self.sout.extend_from_slice(&msg);
+                self.outstanding.push(Pending::Query(QueryPlan::new(Vec::new(), None)));
+            }
+            Some(rw) => {
+                build::query(&mut self.sout, &rw.text);
+                let roles = rw.roles.clone();
+                self.outstanding.push(Pending::Query(QueryPlan::new(roles, Some(rw.into_map()))));
+            }
+        }
+        if tx_control && !insp.lex_error {
+            self.predicted = None;
+        }
+        Ok(())
+    }
+
+    /// The fastpath interface can call `set_config` by OID with no SQL text
+    /// to inspect, so it is refused; a stand-in keeps the server's
+    /// transaction state as a real error would leave it.
+    fn on_function_call(&mut self) {
+        build::query(&mut self.sout, inject::STAND_IN);
+        let refused = Refused::privilege("the fastpath function call interface is not supported by pgtenant".into());
+        self.outstanding.push(Pending::Query(QueryPlan::new(vec![Role::StandIn(refused)], None)));
+    }
+
+    fn on_parse(&mut self, msg: Bytes) -> Result<(), Fatal> {
+        let bad = || Fatal::new("08P01", "invalid Parse message");
+        let body = &msg[frame::HEADER_LEN..];
+        let (name, rest) = frame::cstr(body).ok_or_else(bad)?;
+        let (sql, types) = frame::cstr(rest).ok_or_else(bad)?;
+        let count = types.get(..2).map(|c| i16::from_be_bytes([c[0], c[1]])).ok_or_else(bad)?;
+        if count < 0 || types.len() != 2 + 4 * count as usize {
+            return Err(bad());
+        }
+        self.begin_step();
+        let insp = self.shared.inspector.inspect(sql, self.standard_conforming_strings);
+        let tx = insp.statements.iter().any(|s| s.tx != TxControl::None);
+        self.remember_statement(msg.slice_ref(name), tx);
+        self.unit_tx |= tx;
+        let refusal = if insp.lex_error {
+            Some(Refused::unparsable())
+        } else {
+            insp.statements.iter().find_map(|s| s.refusal.as_ref()).map(|r| Refused::privilege(r.message()))
+        };
+        match refusal {
+            Some(r) => {
+                build::parse(&mut self.sout, name, inject::STAND_IN, types);
+                self.outstanding.push(Pending::Step(Step::Parse, Owner::StandIn(r)));
+            }
+            None => {
+                self.sout.extend_from_slice(&msg);
+                self.outstanding.push(Pending::Step(Step::Parse, Owner::Client));
+            }
+        }
+        Ok(())
+    }
+
+    fn remember_statement(&mut self, name: Bytes, tx: bool) {
+        if name.is_empty() {
+            self.unnamed_tx = tx;
+        } else if tx {
+            self.tx_statements.insert(name);
+        } else {
+            self.tx_statements.remove(&name);
+        }
+    }
+
+    fn note_bind(&mut self, msg: &Bytes) -> Result<(), Fatal> {
+        let bad = || Fatal::new("08P01", "invalid Bind message");
+        let (_portal, rest) = frame::cstr(&msg[frame::HEADER_LEN..]).ok_or_else(bad)?;
+        let (stmt, _) = frame::cstr(rest).ok_or_else(bad)?;
+        let tx = if stmt.is_empty() { self.unnamed_tx } else { self.tx_statements.contains(stmt) };
+        if tx {
+            // Bind comes before the step begins; remember it for this unit.
+            self.begin_step();
+            self.unit_tx = true;
+        }
+        Ok(())
+    }
+
+    /// Opens an extended-protocol unit; the tenant goes first when it starts a transaction.
+    fn begin_step(&mut self) {
+        if self.unit_open {
+            return;
+        }
+        self.unit_open = true;
+        self.unit_tx = false;
+        if self.predicted == Some(IDLE) {
+            build::parse_unnamed(&mut self.sout, &self.tenant_stmt);
+            build::bind_unnamed(&mut self.sout);
+            build::execute_unnamed(&mut self.sout);
+            for step in [Step::Parse, Step::Bind, Step::Execute] {
+                self.outstanding.push(Pending::Step(step, Owner::Proxy));
+            }
+        }
+    }
+
+    fn forward_step(&mut self, step: Step, msg: &[u8]) {
+        self.begin_step();
+        self.sout.extend_from_slice(msg);
+        self.outstanding.push(Pending::Step(step, Owner::Client));
+    }
+
+    fn on_sync(&mut self, msg: &[u8]) {
+        self.sout.extend_from_slice(msg);
+        self.outstanding.push(Pending::Sync);
+        if self.unit_tx {
+            self.predicted = None;
+        }
+        self.unit_open = false;
+        self.unit_tx = false;
+    }
+
+    /// Filters every complete server message into the client's buffer.
+    fn process_server(&mut self) -> Result<(), Fatal> {
+        let Some(server) = self.server.as_mut() else { return Ok(()) };
+        let rbuf = &mut server.conn.rbuf;
+        while let Some(h) = frame::complete_header(rbuf, MAX_SERVER_MESSAGE)
+            .map_err(|e| Fatal::new("08P01", format!("invalid message from server: {e}")))?
+        {
+            let msg = rbuf.split_to(h.total);
+            let body = &msg[frame::HEADER_LEN..];
+            let action = self.outstanding.on_message(h.tag, body);
+            if h.tag == b'Z' {
+                self.server_status = body.first().copied().unwrap_or(IDLE);
+                if self.outstanding.units() == 0 {
+                    self.predicted = Some(self.server_status);
+                }
+            }
+            match action {
+                Action::Forward => self.cout.extend_from_slice(&msg),
+                Action::Drop => {}
+                Action::Replace(b) => self.cout.extend_from_slice(&b),
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives the server back once the transaction is over and nothing is owed.
+    async fn maybe_release(&mut self) {
+        let idle = self.outstanding.is_empty()
+            && !self.unit_open
+            && self.server_status == IDLE
+            && self.sout.is_empty()
+            && self.predicted == Some(IDLE);
+        if !idle {
+            return;
+        }
+        if let Some(pooled) = self.server.take() {
+            *self.cancel.slot.lock().await = None;
+            if pooled.conn.rbuf.is_empty() {
+                self.shared.pool.checkin(pooled);
+            }
+        }
+    }
+
+    async fn wait_event(&mut self) -> Result<Event, Fatal> {
+        let read_client = !has_whole_message(&self.cin) || self.cin.len() < HIGH_WATER;
+        let read_server = self.cout.len() < HIGH_WATER;
+        poll_fn(|cx| {
+            let mut wrote = false;
+            wrote |= drive_write(cx, &mut self.client, &mut self.cout, &mut self.client_unflushed)
+                .map_err(|_| Fatal::new("08006", "client connection lost"))?;
+            if let Some(server) = self.server.as_mut() {
+                wrote |= drive_write(cx, &mut server.conn.stream, &mut self.sout, &mut self.server_unflushed)
+                    .map_err(|_| server_lost())?;
+                if read_server {
+                    reserve(&mut server.conn.rbuf);
+                    match poll_read_buf(Pin::new(&mut server.conn.stream), cx, &mut server.conn.rbuf) {
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ok(Event::ServerEof)),
+                        Poll::Ready(Ok(_)) => return Poll::Ready(Ok(Event::ServerData)),
+                        Poll::Pending => {}
+                    }
+                }
+            }
+            if read_client {
+                reserve(&mut self.cin);
+                match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cin) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ok(Event::ClientEof)),
+                    Poll::Ready(Ok(_)) => return Poll::Ready(Ok(Event::ClientData)),
+                    Poll::Pending => {}
+                }
+            }
+            if wrote {
+                Poll::Ready(Ok(Event::Wrote))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Ends the session: flushes what the client is owed, and returns the
+    /// server to the pool only if it is idle and clean; otherwise cancels any
+    /// running query and closes it, so no open transaction survives.
+    async fn finish(&mut self) {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.flush_client()).await;
+        let Some(pooled) = self.server.take() else { return };
+        *self.cancel.slot.lock().await = None;
+        let clean = self.outstanding.is_empty() && !self.unit_open && self.server_status == IDLE;
+        if clean && pooled.conn.rbuf.is_empty() {
+            self.shared.pool.checkin(pooled);
+            return;
+        }
+        if !self.outstanding.is_empty() {
+            let (pid, secret) = pooled.conn.key;
+            let addr = self.shared.pool.upstream_addr();
+            tokio::spawn(crate::cancel::send_cancel(addr, ServerKey { pid, secret }));
+        }
+        tracing::info!(peer = %self.peer, "closing a server connection left mid-transaction");
+        drop(pooled);
+    }
+
+    async fn flush_client(&mut self) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.client.write_all(&self.cout).await;
+        let _ = self.client.flush().await;
+        self.cout.clear();
+    }
+}
+
+fn has_whole_message(buf: &[u8]) -> bool {
+    matches!(frame::complete_header(buf, usize::MAX), Ok(Some(_)))
+}
+
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
+/// Writes as much of `buf` as the socket takes now, then flushes (TLS buffers
+/// records internally). Returns whether anything was written.
+fn drive_write<W: AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    w: &mut W,
+    buf: &mut BytesMut,
+    unflushed: &mut bool,
+) -> std::io::Result<bool> {
+    let mut wrote = false;
+    while !buf.is_empty() {
+        match Pin::new(&mut *w).poll_write(cx, buf) {
+            Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => {
+                buf.advance(n);
+                wrote = true;
+                *unflushed = true;
+            }
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => return Ok(wrote),
+        }
+    }
+    if *unflushed {
+        if let Poll::Ready(r) = Pin::new(&mut *w).poll_flush(cx) {
+            r?;
+            *unflushed = false;
+        }
+    }
+    Ok(wrote)
+}
+
+fn server_lost() -> Fatal {
+    Fatal::new("08006", "the server connection was lost").hint("the transaction in progress was lost; reconnect and retry")
+}
+
+fn pool_fatal(e: PoolError) -> Fatal {
+    match e {
+        PoolError::Timeout(d) => Fatal::new("53300", format!("no server connection became free within {} s", d.as_secs()))
+            .hint("all upstream.pool_size connections are busy; retry later or raise upstream.pool_size / upstream.pool_timeout_seconds"),
+        PoolError::Connect(e) => Fatal::new("08006", format!("pgtenant could not connect to the upstream database: {e}")),
+    }
+}

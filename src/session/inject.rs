@@ -1,0 +1,300 @@
+//! Where the tenant goes into a simple Query, and how refused statements are
+//! replaced. Pure: the session decides *whether* to inject, this module
+//! decides *how*, and maps error positions back to the client's own text.
+//!
+//! A refused statement is not simply dropped: it is replaced by a stand-in
+//! that fails in PostgreSQL at the same point, so the server's transaction
+//! state (aborted block, skipped rest of a multi-statement query) is exactly
+//! what a real error there would leave. The stand-in's error is then
+//! rewritten into the refusal the client should see.
+
+use bytes::Bytes;
+
+use crate::sql::inspect::{Inspection, TxControl};
+
+/// A statement that always fails with SQLSTATE 22P02, with no side effects.
+/// Its text explains itself should the error ever reach a client unrewritten.
+pub const STAND_IN: &[u8] = b"SELECT CAST('pgtenant: statement refused' AS pg_catalog.int4)";
+
+/// SQLSTATE raised by [`STAND_IN`].
+pub const STAND_IN_SQLSTATE: &[u8] = b"22P02";
+
+/// The error a client sees in place of a stand-in's error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// SQLSTATE to report.
+    pub code: &'static str,
+    /// Message to report.
+    pub message: String,
+}
+
+impl Refused {
+    /// A refusal of a statement that tries to change a protected setting.
+    pub fn privilege(message: String) -> Refused {
+        Refused { code: "42501", message }
+    }
+
+    /// A statement the proxy could not lex: PostgreSQL would reject it too.
+    pub fn unparsable() -> Refused {
+        Refused {
+            code: "42601",
+            message: "pgtenant could not parse this statement (unterminated quote, comment or dollar quote)".into(),
+        }
+    }
+}
+
+/// What one statement of the text sent upstream is, for reply filtering.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// The proxy's own tenant statement: its replies are dropped.
+    Hidden,
+    /// The client's statement: its replies are forwarded.
+    Client,
+    /// A stand-in for a refused statement: its error is rewritten.
+    StandIn(Refused),
+}
+
+/// One change made to the client's text: `orig_len` bytes at `orig_start`
+/// became `new_len` bytes at `new_start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Edit {
+    new_start: usize,
+    new_len: usize,
+    orig_start: usize,
+    orig_len: usize,
+}
+
+/// A Query text rewritten for upstream.
+#[derive(Debug, Clone)]
+pub struct Rewrite {
+    /// The text to send.
+    pub text: Vec<u8>,
+    /// One role per statement of `text`, in order.
+    pub roles: Vec<Role>,
+    map: PositionMap,
+}
+
+/// Maps character positions in the sent text back to the client's text.
+#[derive(Debug, Clone)]
+pub struct PositionMap {
+    edits: Vec<Edit>,
+    sent: Bytes,
+    orig: Bytes,
+}
+
+/// Rewrites a simple Query: the tenant statement first when `inject`, after
+/// every COMMIT/ROLLBACK that is followed by more statements (they run in a
+/// new transaction), after every `AND CHAIN`; stand-ins for refused
+/// statements. Returns `None` when the text can be forwarded unchanged.
+pub fn rewrite_query(sql: &Bytes, insp: &Inspection, tenant_stmt: &[u8], inject: bool) -> Option<Rewrite> {
+    if insp.lex_error {
+        return Some(whole_stand_in(sql, tenant_stmt, inject));
+    }
+    let needs_edit = inject
+        || insp.statements.iter().any(|s| s.refusal.is_some())
+        || insp.statements.iter().enumerate().any(|(i, s)| ends_transaction_before_more(s.tx, i + 1 == insp.statements.len()));
+    if !needs_edit {
+        return None;
+    }
+    let mut b = Builder::new(sql);
+    if inject {
+        b.insert(0, &[tenant_stmt, b"; "].concat(), Role::Hidden);
+    }
+    let n = insp.statements.len();
+    for (i, st) in insp.statements.iter().enumerate() {
+        if let Some(r) = &st.refusal {
+            b.replace(st.span.clone(), STAND_IN, Role::StandIn(Refused::privilege(r.message())));
+            continue;
+        }
+        b.roles.push(Role::Client);
+        if ends_transaction_before_more(st.tx, i + 1 == n) {
+            b.insert(st.span.end, &[b"; ", tenant_stmt].concat(), Role::Hidden);
+        }
+    }
+    Some(b.finish())
+}
+
+/// Whether the tenant must be set again right after this statement.
+fn ends_transaction_before_more(tx: TxControl, last: bool) -> bool {
+    match tx {
+        TxControl::End => !last,
+        TxControl::EndAndChain => true,
+        _ => false,
+    }
+}
+
+fn whole_stand_in(sql: &Bytes, tenant_stmt: &[u8], inject: bool) -> Rewrite {
+    let mut b = Builder::new(sql);
+    if inject {
+        b.insert(0, &[tenant_stmt, b"; "].concat(), Role::Hidden);
+    }
+    b.replace(0..sql.len(), STAND_IN, Role::StandIn(Refused::unparsable()));
+    b.finish()
+}
+
+struct Builder<'a> {
+    orig: &'a Bytes,
+    out: Vec<u8>,
+    copied: usize,
+    edits: Vec<Edit>,
+    roles: Vec<Role>,
+}
+
+impl<'a> Builder<'a> {
+    fn new(orig: &'a Bytes) -> Self {
+        Builder { orig, out: Vec::with_capacity(orig.len() + 96), copied: 0, edits: Vec::new(), roles: Vec::new() }
+    }
+
+    fn copy_to(&mut self, at: usize) {
+        self.out.extend_from_slice(&self.orig[self.copied..at]);
+        self.copied = at;
+    }
+
+    fn insert(&mut self, at: usize, text: &[u8], role: Role) {
+        self.replace(at..at, text, role);
+    }
+
+    fn replace(&mut self, range: std::ops::Range<usize>, text: &[u8], role: Role) {
+        self.copy_to(range.start);
+        let edit = Edit { new_start: self.out.len(), new_len: text.len(), orig_start: range.start, orig_len: range.len() };
+        self.out.extend_from_slice(text);
+        self.copied = range.end;
+        self.edits.push(edit);
+        self.roles.push(role);
+    }
+
+    fn finish(mut self) -> Rewrite {
+        self.copy_to(self.orig.len());
+        let sent = Bytes::from(self.out);
+        let map = PositionMap { edits: self.edits, sent: sent.clone(), orig: self.orig.clone() };
+        Rewrite { text: sent.to_vec(), roles: self.roles, map }
+    }
+}
+
+impl Rewrite {
+    /// The position map for errors of this text.
+    pub fn into_map(self) -> PositionMap {
+        self.map
+    }
+}
+
+impl PositionMap {
+    /// Maps a 1-based character position in the sent text to the client's
+    /// text. A position inside inserted text maps to where it was inserted.
+    pub fn map(&self, position: usize) -> usize {
+        let sent_byte = byte_offset(&self.sent, position.saturating_sub(1));
+        let mut shift: isize = 0;
+        for e in &self.edits {
+            if sent_byte < e.new_start {
+                break;
+            }
+            if sent_byte < e.new_start + e.new_len {
+                return char_count(&self.orig[..e.orig_start]) + 1;
+            }
+            shift += e.new_len as isize - e.orig_len as isize;
+        }
+        let orig_byte = (sent_byte as isize - shift).clamp(0, self.orig.len() as isize) as usize;
+        char_count(&self.orig[..orig_byte]) + 1
+    }
+}
+
+/// Byte offset of the `chars`-th character (UTF-8; other encodings count bytes
+/// that are not UTF-8 continuation bytes, which is exact for ASCII).
+fn byte_offset(text: &[u8], chars: usize) -> usize {
+    let mut seen = 0;
+    for (i, &b) in text.iter().enumerate() {
+        if b & 0xC0 != 0x80 {
+            if seen == chars {
+                return i;
+            }
+            seen += 1;
+        }
+    }
+    text.len()
+}
+
+fn char_count(text: &[u8]) -> usize {
+    text.iter().filter(|&&b| b & 0xC0 != 0x80).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::inspect::Inspector;
+
+    const SET: &[u8] = b"SET LOCAL app.current_tenant_id = 't'";
+
+    fn rewrite(sql: &str, inject: bool) -> Option<Rewrite> {
+        let sql = Bytes::copy_from_slice(sql.as_bytes());
+        let insp = Inspector::new("app.current_tenant_id").inspect(&sql, true);
+        rewrite_query(&sql, &insp, SET, inject)
+    }
+
+    fn text(r: &Rewrite) -> String {
+        String::from_utf8(r.text.clone()).unwrap()
+    }
+
+    #[test]
+    fn plain_query_gets_prefix() {
+        let r = rewrite("SELECT 1", true).unwrap();
+        assert_eq!(text(&r), "SET LOCAL app.current_tenant_id = 't'; SELECT 1");
+        assert_eq!(r.roles, vec![Role::Hidden, Role::Client]);
+    }
+
+    #[test]
+    fn unchanged_inside_a_block() {
+        assert!(rewrite("SELECT 1; SELECT 2", false).is_none());
+    }
+
+    #[test]
+    fn commit_followed_by_more_gets_tenant_again() {
+        let r = rewrite("INSERT INTO t VALUES (1); COMMIT; SELECT 1", true).unwrap();
+        assert_eq!(
+            text(&r),
+            "SET LOCAL app.current_tenant_id = 't'; INSERT INTO t VALUES (1); COMMIT; SET LOCAL app.current_tenant_id = 't'; SELECT 1"
+        );
+        assert_eq!(r.roles, vec![Role::Hidden, Role::Client, Role::Client, Role::Hidden, Role::Client]);
+        assert!(rewrite("SELECT 1; COMMIT", false).is_none());
+        let chain = rewrite("COMMIT AND CHAIN", false).unwrap();
+        assert_eq!(text(&chain), "COMMIT AND CHAIN; SET LOCAL app.current_tenant_id = 't'");
+    }
+
+    #[test]
+    fn refused_statement_becomes_stand_in() {
+        let r = rewrite("SELECT 1; SET app.current_tenant_id = 'b'; SELECT 2", false).unwrap();
+        let expected = format!("SELECT 1; {}; SELECT 2", String::from_utf8_lossy(STAND_IN));
+        assert_eq!(text(&r), expected);
+        assert!(matches!(&r.roles[1], Role::StandIn(x) if x.code == "42501" && x.message.contains("app.current_tenant_id")));
+    }
+
+    #[test]
+    fn positions_map_back_to_client_text() {
+        let r = rewrite("SELECT 1; SELEC 2", true).unwrap();
+        let sent = text(&r);
+        let at = sent.find("SELEC 2").unwrap() + 1;
+        assert_eq!(r.into_map().map(at), "SELECT 1; SELEC 2".find("SELEC 2").unwrap() + 1);
+    }
+
+    #[test]
+    fn positions_count_characters_not_bytes() {
+        let r = rewrite("SELECT 'é'; SELEC 2", true).unwrap();
+        let sent = text(&r);
+        let at = sent.chars().position(|_| true).map(|_| sent[..sent.find("SELEC 2").unwrap()].chars().count() + 1).unwrap();
+        assert_eq!(r.into_map().map(at), "SELECT 'é'; SELEC 2".chars().count() - "SELEC 2".len() + 1);
+    }
+
+    #[test]
+    fn position_inside_insert_maps_to_insertion_point() {
+        let r = rewrite("COMMIT; SELECT 1", false).unwrap();
+        let sent = text(&r);
+        let inside = sent.find("SET LOCAL").unwrap() + 3;
+        assert_eq!(r.into_map().map(inside), "COMMIT".len() + 1);
+    }
+
+    #[test]
+    fn unlexable_text_is_replaced_whole() {
+        let r = rewrite("SELECT 'unterminated", true).unwrap();
+        assert_eq!(r.roles.len(), 2);
+        assert!(matches!(&r.roles[1], Role::StandIn(x) if x.code == "42601"));
+    }
+}

@@ -1,0 +1,199 @@
+//! The startup phase: TLS negotiation, the StartupMessage checks, the JWT
+//! sent as a cleartext password, and the greeting (parameters, cancel key).
+
+use std::net::SocketAddr;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::Fatal;
+use crate::auth::tenant::TenantId;
+use crate::net::{ClientStream, MaybeTls};
+use crate::server::Shared;
+use crate::wire::startup::{self, Startup, StartupPacket};
+use crate::wire::{build, frame};
+
+/// Largest password message accepted: a 16 KiB token plus room for framing.
+const MAX_PASSWORD_MESSAGE: usize = 16 * 1024 + 64;
+
+/// A client that has logged in.
+pub struct LoggedIn {
+    /// The connection, TLS or not.
+    pub stream: ClientStream,
+    /// Bytes the client already sent after its password.
+    pub rbuf: BytesMut,
+    /// The tenant from its token.
+    pub tenant: TenantId,
+    /// The user name it gave (logged, never trusted).
+    pub user: String,
+    /// When its token expires (unix seconds).
+    pub expires_at: u64,
+}
+
+/// How the startup phase ended.
+pub enum Outcome {
+    /// Authenticated; the session can start.
+    LoggedIn(Box<LoggedIn>),
+    /// A cancel request was handled, or the client left.
+    Done,
+}
+
+/// Runs the startup phase on a new connection.
+pub async fn handshake(tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Result<Outcome, Fatal> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let (mut stream, startup) = match negotiate(tcp, &mut buf, shared).await? {
+        Some(pair) => pair,
+        None => return Ok(Outcome::Done),
+    };
+    match authenticate(&mut stream, &mut buf, &startup, peer, shared).await {
+        Ok((tenant, user, expires_at)) => {
+            Ok(Outcome::LoggedIn(Box::new(LoggedIn { stream, rbuf: buf, tenant, user, expires_at })))
+        }
+        Err(fatal) => {
+            fatal.send(&mut stream).await;
+            Err(fatal)
+        }
+    }
+}
+
+/// Answers SSLRequest/GSSENCRequest until a StartupMessage arrives.
+async fn negotiate(
+    mut tcp: TcpStream,
+    buf: &mut BytesMut,
+    shared: &Shared,
+) -> Result<Option<(ClientStream, Startup)>, Fatal> {
+    loop {
+        match read_packet(&mut tcp, buf).await? {
+            StartupPacket::SslRequest => {
+                let Some(acceptor) = shared.tls.clone() else {
+                    write(&mut tcp, b"N").await?;
+                    continue;
+                };
+                // Bytes sent before the handshake would be trusted as if they
+                // came over TLS (CVE-2021-23214): refuse them.
+                if !buf.is_empty() {
+                    return Err(Fatal::new("08P01", "unexpected data after SSLRequest"));
+                }
+                write(&mut tcp, b"S").await?;
+                let tls = acceptor.accept(tcp).await.map_err(|e| Fatal::new("08P01", format!("TLS handshake failed: {e}")))?;
+                let mut stream = MaybeTls::Tls(Box::new(tls));
+                return match read_packet(&mut stream, buf).await? {
+                    StartupPacket::Startup(s) => Ok(Some((stream, s))),
+                    StartupPacket::Cancel { pid, secret } => {
+                        shared.cancel.cancel(pid, secret).await;
+                        Ok(None)
+                    }
+                    _ => Err(Fatal::new("08P01", "unexpected packet after TLS negotiation")),
+                };
+            }
+            StartupPacket::GssEncRequest => write(&mut tcp, b"N").await?,
+            StartupPacket::Cancel { pid, secret } => {
+                shared.cancel.cancel(pid, secret).await;
+                return Ok(None);
+            }
+            StartupPacket::Startup(s) => return Ok(Some((MaybeTls::Plain(tcp), s))),
+        }
+    }
+}
+
+async fn write<W: AsyncWriteExt + Unpin>(w: &mut W, bytes: &[u8]) -> Result<(), Fatal> {
+    w.write_all(bytes).await.map_err(|_| Fatal::new("08006", "client went away"))
+}
+
+async fn read_packet<R: AsyncReadExt + Unpin>(r: &mut R, buf: &mut BytesMut) -> Result<StartupPacket, Fatal> {
+    loop {
+        match startup::parse(buf) {
+            Ok(Some((packet, used))) => {
+                buf.advance(used);
+                return Ok(packet);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Fatal::new("08P01", e.to_string())),
+        }
+        if r.read_buf(buf).await.map_err(|_| Fatal::new("08006", "client went away"))? == 0 {
+            return Err(Fatal::new("08006", "client closed the connection during startup"));
+        }
+    }
+}
+
+/// Checks the StartupMessage, asks for the token and verifies it.
+async fn authenticate(
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+    startup: &Startup,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Result<(TenantId, String, u64), Fatal> {
+    if startup.minor > 0 || !startup.protocol_options.is_empty() {
+        let mut out = BytesMut::new();
+        build::negotiate_protocol_version(&mut out, &startup.protocol_options);
+        write(stream, &out).await?;
+    }
+    let user = check_startup(startup, shared)?;
+    if !stream.is_tls() && !peer.ip().to_canonical().is_loopback() && !shared.config.listen.allow_plaintext_auth {
+        return Err(Fatal::new("28000", "pgtenant requires TLS for clients that are not on loopback")
+            .hint("connect with sslmode=require (or set listen.allow_plaintext_auth = true on a trusted network)"));
+    }
+    let mut out = BytesMut::new();
+    build::authentication(&mut out, 3);
+    write(stream, &out).await?;
+    let token = read_password(stream, buf).await?;
+    let verified = shared.verifier.verify(&token).map_err(|e| {
+        Fatal::new("28P01", format!("authentication failed: {e}"))
+            .hint("the password must be a valid JWT for this proxy")
+    })?;
+    Ok((verified.tenant, user, verified.expires_at))
+}
+
+/// Validates the StartupMessage parameters; returns the user name.
+fn check_startup(startup: &Startup, shared: &Shared) -> Result<String, Fatal> {
+    let user = startup
+        .get("user")
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| Fatal::new("28000", "no user name specified in startup packet"))?;
+    let expected = &shared.config.upstream.database;
+    let database = startup.get("database").filter(|d| !d.is_empty()).unwrap_or(user);
+    if database != expected {
+        return Err(Fatal::new("3D000", format!("database \"{database}\" does not exist"))
+            .hint(format!("pgtenant serves database \"{expected}\"")));
+    }
+    if startup.get("replication").is_some_and(|v| v != "false" && v != "0" && v != "off" && v != "no") {
+        return Err(Fatal::new("08P01", "replication connections are not supported by pgtenant"));
+    }
+    let setting = &shared.config.tenant.setting;
+    for (name, value) in &startup.params {
+        let named = name.eq_ignore_ascii_case(setting);
+        let in_options = name == "options" && value.to_ascii_lowercase().contains(setting.as_str());
+        if named || in_options {
+            return Err(Fatal::new("42501", format!("setting \"{setting}\" at connection start is not allowed"))
+                .hint("the tenant comes from your token"));
+        }
+        if name.eq_ignore_ascii_case("standard_conforming_strings") && !value.eq_ignore_ascii_case("on") {
+            return Err(Fatal::new("42501", "pgtenant requires standard_conforming_strings = on"));
+        }
+    }
+    Ok(user.to_string())
+}
+
+async fn read_password(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<String, Fatal> {
+    loop {
+        let header = frame::complete_header(buf, MAX_PASSWORD_MESSAGE)
+            .map_err(|_| Fatal::new("28P01", "authentication failed: token is too large"))?;
+        if let Some(h) = header {
+            if h.tag != b'p' {
+                return Err(Fatal::new("08P01", format!("expected a password message, got {:?}", h.tag as char)));
+            }
+            let msg = buf.split_to(h.total);
+            let body = &msg[frame::HEADER_LEN..];
+            let Some((token, b"")) = frame::cstr(body) else {
+                return Err(Fatal::new("08P01", "malformed password message"));
+            };
+            return String::from_utf8(token.to_vec())
+                .map_err(|_| Fatal::new("28P01", "authentication failed: token is malformed"));
+        }
+        if stream.read_buf(buf).await.map_err(|_| Fatal::new("08006", "client went away"))? == 0 {
+            return Err(Fatal::new("08006", "client closed the connection during authentication"));
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The queue of replies a server connection still owes, and what to do with
+//! each server message: forward it, drop it (a reply to the proxy's own
+//! injected statement) or rewrite it (a refused statement's error, or an
+//! error position). Modelled on PgBouncer's forward / skip / fake requests.
+
+use std::collections::VecDeque;
+
+use bytes::BytesMut;
+
+use super::inject::{PositionMap, Refused, Role, STAND_IN_SQLSTATE};
+use crate::wire::{build, error};
+
+/// An extended-protocol request awaiting its reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Parse: ParseComplete.
+    Parse,
+    /// Bind: BindComplete.
+    Bind,
+    /// Describe of a statement: ParameterDescription then RowDescription/NoData.
+    DescribeStatement,
+    /// Describe of a portal: RowDescription/NoData.
+    DescribePortal,
+    /// Execute: rows, then CommandComplete/EmptyQuery/PortalSuspended.
+    Execute,
+    /// Close: CloseComplete.
+    Close,
+}
+
+impl Step {
+    /// Whether `tag` is the last message of this step's reply.
+    fn completed_by(self, tag: u8) -> bool {
+        match self {
+            Step::Parse => tag == b'1',
+            Step::Bind => tag == b'2',
+            Step::Close => tag == b'3',
+            Step::DescribeStatement | Step::DescribePortal => matches!(tag, b'T' | b'n'),
+            Step::Execute => matches!(tag, b'C' | b'I' | b's'),
+        }
+    }
+}
+
+/// Whose request an entry is, which decides the fate of its reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// The client's: forward.
+    Client,
+    /// The proxy's injection: drop.
+    Proxy,
+    /// A stand-in for a refused request: rewrite its error.
+    StandIn(Refused),
+}
+
+/// A simple Query awaiting its replies, statement by statement.
+#[derive(Debug)]
+pub struct QueryPlan {
+    /// Roles of the statements sent; empty when the text was forwarded unchanged.
+    pub roles: Vec<Role>,
+    /// Maps error positions to the client's text; `None` when unchanged.
+    pub map: Option<PositionMap>,
+    current: usize,
+}
+
+impl QueryPlan {
+    /// A plan for a Query with these statement roles.
+    pub fn new(roles: Vec<Role>, map: Option<PositionMap>) -> Self {
+        QueryPlan { roles, map, current: 0 }
+    }
+
+    fn role(&self) -> Option<&Role> {
+        self.roles.get(self.current)
+    }
+}
+
+/// One reply the server still owes.
+#[derive(Debug)]
+pub enum Pending {
+    /// An extended-protocol request.
+    Step(Step, Owner),
+    /// Sync: ReadyForQuery.
+    Sync,
+    /// A simple Query (or a refused function call): statements, then ReadyForQuery.
+    Query(QueryPlan),
+}
+
+/// What to do with one server message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Pass the message on unchanged.
+    Forward,
+    /// Swallow it.
+    Drop,
+    /// Send this instead.
+    Replace(BytesMut),
+}
+
+/// The reply queue of one attached server connection.
+#[derive(Debug, Default)]
+pub struct Outstanding {
+    queue: VecDeque<Pending>,
+    /// Sync or Query entries in the queue: each ends with a ReadyForQuery.
+    units: usize,
+    /// After an extended-protocol error with no Sync queued, the server
+    /// ignores everything until the next Sync, so nothing else is owed.
+    skipping: bool,
+}
+
+impl Outstanding {
+    /// Records a request sent upstream.
+    pub fn push(&mut self, p: Pending) {
+        match p {
+            Pending::Sync | Pending::Query(_) => {
+                self.units += 1;
+                self.skipping = false;
+            }
+            Pending::Step(..) if self.skipping => return,
+            Pending::Step(..) => {}
+        }
+        self.queue.push_back(p);
+    }
+
+    /// Whether nothing is owed.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Number of ReadyForQuery messages still owed.
+    pub fn units(&self) -> usize {
+        self.units
+    }
+
+    /// Decides the fate of one server message (`tag`, `body`).
+    pub fn on_message(&mut self, tag: u8, body: &[u8]) -> Action {
+        match tag {
+            // Asynchronous messages may arrive at any time.
+            b'S' | b'A' => return Action::Forward,
+            b'N' => return if self.front_is_hidden() { Action::Drop } else { Action::Forward },
+            _ => {}
+        }
+        match self.queue.front_mut() {
+            None => Action::Forward,
+            Some(Pending::Sync) => {
+                if tag == b'Z' {
+                    self.pop_unit();
+                }
+                Action::Forward
+            }
+            Some(Pending::Query(plan)) => {
+                let action = query_reply(plan, tag, body);
+                if tag == b'Z' {
+                    self.pop_unit();
+                }
+                action
+            }
+            Some(Pending::Step(step, owner)) => {
+                let (step, owner) = (*step, owner.clone());
+                if tag == b'E' {
+                    self.fail_to_sync();
+                    return error_action(&owner, body, None);
+                }
+                if step.completed_by(tag) {
+                    self.queue.pop_front();
+                }
+                if owner == Owner::Proxy {
+                    Action::Drop
+                } else {
+                    Action::Forward
+                }
+            }
+        }
+    }
+
+    fn front_is_hidden(&self) -> bool {
+        match self.queue.front() {
+            Some(Pending::Step(_, Owner::Proxy)) => true,
+            Some(Pending::Query(plan)) => plan.role() == Some(&Role::Hidden),
+            _ => false,
+        }
+    }
+
+    fn pop_unit(&mut self) {
+        self.queue.pop_front();
+        self.units -= 1;
+    }
+
+    /// After an error the server skips every request up to the next Sync.
+    fn fail_to_sync(&mut self) {
+        while let Some(Pending::Step(..)) = self.queue.front() {
+            self.queue.pop_front();
+        }
+        if self.queue.is_empty() {
+            self.skipping = true;
+        }
+    }
+}
+
+fn query_reply(plan: &mut QueryPlan, tag: u8, body: &[u8]) -> Action {
+    let hidden = plan.role() == Some(&Role::Hidden);
+    match tag {
+        b'C' | b'I' => {
+            plan.current += 1;
+            if hidden {
+                Action::Drop
+            } else {
+                Action::Forward
+            }
+        }
+        b'E' => {
+            let owner = match plan.role() {
+                Some(Role::StandIn(r)) => Owner::StandIn(r.clone()),
+                Some(Role::Hidden) => Owner::Proxy,
+                _ => Owner::Client,
+            };
+            error_action(&owner, body, plan.map.as_ref())
+        }
+        b'Z' => Action::Forward,
+        _ if hidden => Action::Drop,
+        _ => Action::Forward,
+    }
+}
+
+/// Rewrites a refused stand-in's error into the refusal, or an error position
+/// into the client's text; anything else passes unchanged.
+fn error_action(owner: &Owner, body: &[u8], map: Option<&PositionMap>) -> Action {
+    let Some(fields) = error::fields(body) else { return Action::Forward };
+    if let Owner::StandIn(refused) = owner {
+        if error::field(&fields, b'C') == Some(STAND_IN_SQLSTATE) {
+            let mut out = BytesMut::new();
+            let hint = "the tenant comes from your token; connect with another token to act as another tenant";
+            build::error_response(&mut out, build::Severity::Error, refused.code, &refused.message, Some(hint));
+            return Action::Replace(out);
+        }
+        return Action::Forward;
+    }
+    let (Some(map), Some(p)) = (map, error::field(&fields, b'P').and_then(error::parse_usize)) else {
+        return Action::Forward;
+    };
+    let mut out = BytesMut::new();
+    error::write_error(&mut out, &fields, Some(map.map(p)));
+    Action::Replace(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(code: &str) -> Vec<u8> {
+        format!("SERROR\0C{code}\0Mboom\0\0").into_bytes()
+    }
+
+    #[test]
+    fn hidden_injection_replies_are_dropped() {
+        let mut q = Outstanding::default();
+        q.push(Pending::Step(Step::Parse, Owner::Proxy));
+        q.push(Pending::Step(Step::Bind, Owner::Proxy));
+        q.push(Pending::Step(Step::Execute, Owner::Proxy));
+        q.push(Pending::Step(Step::Parse, Owner::Client));
+        q.push(Pending::Sync);
+        assert_eq!(q.on_message(b'1', b""), Action::Drop);
+        assert_eq!(q.on_message(b'2', b""), Action::Drop);
+        assert_eq!(q.on_message(b'N', b"SWARNING\0\0"), Action::Drop);
+        assert_eq!(q.on_message(b'C', b"SET\0"), Action::Drop);
+        assert_eq!(q.on_message(b'1', b""), Action::Forward);
+        assert_eq!(q.units(), 1);
+        assert_eq!(q.on_message(b'Z', b"I"), Action::Forward);
+        assert!(q.is_empty());
+        assert_eq!(q.units(), 0);
+    }
+
+    #[test]
+    fn error_skips_to_sync() {
+        let mut q = Outstanding::default();
+        q.push(Pending::Step(Step::Parse, Owner::Client));
+        q.push(Pending::Step(Step::Bind, Owner::Client));
+        q.push(Pending::Step(Step::Execute, Owner::Client));
+        q.push(Pending::Sync);
+        q.push(Pending::Step(Step::Parse, Owner::Client));
+        q.push(Pending::Sync);
+        assert_eq!(q.on_message(b'E', &err("42601")), Action::Forward);
+        assert_eq!(q.on_message(b'Z', b"I"), Action::Forward);
+        assert_eq!(q.on_message(b'1', b""), Action::Forward);
+        assert_eq!(q.on_message(b'Z', b"I"), Action::Forward);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn error_without_sync_skips_later_steps() {
+        let mut q = Outstanding::default();
+        q.push(Pending::Step(Step::Execute, Owner::Client));
+        assert_eq!(q.on_message(b'E', &err("22012")), Action::Forward);
+        q.push(Pending::Step(Step::DescribePortal, Owner::Client));
+        assert!(q.is_empty());
+        q.push(Pending::Sync);
+        assert_eq!(q.units(), 1);
+    }
+
+    #[test]
+    fn stand_in_error_becomes_refusal() {
+        let mut q = Outstanding::default();
+        let refused = Refused::privilege("no".into());
+        q.push(Pending::Step(Step::Parse, Owner::StandIn(refused)));
+        q.push(Pending::Sync);
+        let Action::Replace(bytes) = q.on_message(b'E', &err("22P02")) else { panic!("not replaced") };
+        let f = error::fields(&bytes[5..]).unwrap();
+        assert_eq!(error::field(&f, b'C'), Some(&b"42501"[..]));
+        assert_eq!(error::field(&f, b'M'), Some(&b"no"[..]));
+    }
+
+    #[test]
+    fn query_counts_statements() {
+        let mut q = Outstanding::default();
+        let roles = vec![Role::Hidden, Role::Client, Role::Hidden, Role::Client];
+        q.push(Pending::Query(QueryPlan::new(roles, None)));
+        assert_eq!(q.on_message(b'C', b"SET\0"), Action::Drop);
+        assert_eq!(q.on_message(b'C', b"COMMIT\0"), Action::Forward);
+        assert_eq!(q.on_message(b'N', b"SWARNING\0\0"), Action::Drop);
+        assert_eq!(q.on_message(b'C', b"SET\0"), Action::Drop);
+        assert_eq!(q.on_message(b'T', b""), Action::Forward);
+        assert_eq!(q.on_message(b'D', b""), Action::Forward);
+        assert_eq!(q.on_message(b'C', b"SELECT 1\0"), Action::Forward);
+        assert_eq!(q.on_message(b'Z', b"I"), Action::Forward);
+        assert!(q.is_empty());
+    }
+}

@@ -1,0 +1,8 @@
+//! The PostgreSQL side of the proxy: logging in as `upstream.user` and the
+//! pool of server connections. Never imports `session`.
+
+pub mod connect;
+pub mod pool;
+
+pub use connect::{ServerConn, UpstreamError};
+pub use pool::{Pool, PoolError, Pooled};

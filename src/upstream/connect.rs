@@ -1,0 +1,241 @@
+//! Opening one server connection: TCP, optional TLS, startup and login with
+//! SCRAM-SHA-256, md5, cleartext or trust.
+
+use std::io;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::frontend;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::config::{UpstreamConfig, UpstreamTls};
+use crate::net::{MaybeTls, ServerStream};
+use crate::wire::{error, frame};
+
+/// Largest message accepted from PostgreSQL (its own limit is 1 GB).
+pub const MAX_SERVER_MESSAGE: usize = 1 << 30;
+
+/// Why a server connection could not be opened.
+#[derive(Debug, Error)]
+pub enum UpstreamError {
+    /// Network failure.
+    #[error("upstream I/O error: {0}")]
+    Io(#[from] io::Error),
+    /// The connect timeout expired.
+    #[error("timed out connecting to upstream")]
+    Timeout,
+    /// TLS was required but the server does not offer it, or the handshake failed.
+    #[error("upstream TLS: {0}")]
+    Tls(String),
+    /// The server refused the login or sent an error.
+    #[error("upstream refused the connection: {0}")]
+    Refused(String),
+    /// The server sent something this client cannot follow.
+    #[error("upstream protocol error: {0}")]
+    Protocol(String),
+}
+
+/// What the upstream connector needs besides the config: prepared TLS settings.
+pub struct Connector {
+    /// Upstream settings.
+    pub cfg: UpstreamConfig,
+    /// rustls client configuration when TLS may be used.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// One logged-in server connection.
+pub struct ServerConn {
+    /// The socket.
+    pub stream: ServerStream,
+    /// Bytes read from the server and not yet consumed.
+    pub rbuf: BytesMut,
+    /// The backend's cancel key (process id, secret).
+    pub key: (i32, i32),
+    /// ParameterStatus values reported at login.
+    pub params: Vec<(String, String)>,
+    /// When the connection was opened.
+    pub created: Instant,
+}
+
+impl Connector {
+    /// Opens and logs in one server connection within the connect timeout.
+    pub async fn connect(&self) -> Result<ServerConn, UpstreamError> {
+        tokio::time::timeout(self.cfg.connect_timeout, self.connect_inner())
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
+    }
+
+    async fn connect_inner(&self) -> Result<ServerConn, UpstreamError> {
+        let tcp = TcpStream::connect((self.cfg.host.as_str(), self.cfg.port)).await?;
+        tcp.set_nodelay(true)?;
+        let stream = self.negotiate_tls(tcp).await?;
+        let mut conn = ServerConn {
+            stream,
+            rbuf: BytesMut::with_capacity(8192),
+            key: (0, 0),
+            params: Vec::new(),
+            created: Instant::now(),
+        };
+        conn.login(&self.cfg).await?;
+        Ok(conn)
+    }
+
+    async fn negotiate_tls(&self, mut tcp: TcpStream) -> Result<ServerStream, UpstreamError> {
+        let Some(tls) = self.tls.as_ref().filter(|_| self.cfg.tls != UpstreamTls::Disable) else {
+            return Ok(MaybeTls::Plain(tcp));
+        };
+        tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
+        let answer = tcp.read_u8().await?;
+        if answer != b'S' {
+            if self.cfg.tls == UpstreamTls::Prefer {
+                return Ok(MaybeTls::Plain(tcp));
+            }
+            return Err(UpstreamError::Tls("server does not support TLS".into()));
+        }
+        let name = crate::tls::server_name(&self.cfg.host).map_err(|e| UpstreamError::Tls(e.to_string()))?;
+        let stream = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+        Ok(MaybeTls::Tls(Box::new(stream)))
+    }
+}
+
+impl ServerConn {
+    /// Reads one whole message, returning its tag and body.
+    pub async fn read_message(&mut self) -> Result<(u8, Bytes), UpstreamError> {
+        loop {
+            let header = frame::complete_header(&self.rbuf, MAX_SERVER_MESSAGE)
+                .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+            if let Some(h) = header {
+                let mut msg = self.rbuf.split_to(h.total);
+                msg.advance(frame::HEADER_LEN);
+                return Ok((h.tag, msg.freeze()));
+            }
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(UpstreamError::Io(io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    /// Writes all of `buf` to the server.
+    pub async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.stream.write_all(buf).await
+    }
+
+    /// True when an idle connection has something to say (an error before
+    /// closing, or EOF): PostgreSQL never speaks unprompted to an idle client
+    /// except to end the session, so such a connection must not be reused.
+    pub fn is_broken(&mut self) -> bool {
+        if !self.rbuf.is_empty() {
+            return true;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        !matches!(std::pin::Pin::new(&mut self.stream).poll_read(&mut cx, &mut buf), Poll::Pending)
+    }
+
+    async fn login(&mut self, cfg: &UpstreamConfig) -> Result<(), UpstreamError> {
+        let mut out = BytesMut::new();
+        let params = [("user", cfg.user.as_str()), ("database", cfg.database.as_str())];
+        frontend::startup_message(params, &mut out)?;
+        self.write_all(&out).await?;
+        self.authenticate(cfg).await?;
+        loop {
+            let (tag, body) = self.read_message().await?;
+            match tag {
+                b'S' => self.params.push(parse_parameter(&body)?),
+                b'K' if body.len() == 8 => {
+                    self.key = ((&body[..4]).get_i32(), (&body[4..]).get_i32());
+                }
+                b'Z' => return Ok(()),
+                b'N' => {}
+                b'E' => return Err(UpstreamError::Refused(error_text(&body))),
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, cfg: &UpstreamConfig) -> Result<(), UpstreamError> {
+        let password = cfg.password.as_deref().unwrap_or("");
+        loop {
+            let (tag, body) = self.read_message().await?;
+            match tag {
+                b'R' => {}
+                b'E' => return Err(UpstreamError::Refused(error_text(&body))),
+                b'v' | b'N' => continue,
+                other => return Err(unexpected(other)),
+            }
+            let mut body = body;
+            if body.len() < 4 {
+                return Err(UpstreamError::Protocol("short authentication message".into()));
+            }
+            let mut out = BytesMut::new();
+            match body.get_i32() {
+                0 => return Ok(()),
+                3 => frontend::password_message(password.as_bytes(), &mut out)?,
+                5 if body.len() == 4 => {
+                    let salt = [body[0], body[1], body[2], body[3]];
+                    let hash = postgres_protocol::authentication::md5_hash(cfg.user.as_bytes(), password.as_bytes(), salt);
+                    frontend::password_message(hash.as_bytes(), &mut out)?;
+                }
+                10 => return self.scram(password, &body).await,
+                code => return Err(UpstreamError::Refused(format!("unsupported authentication method {code}"))),
+            }
+            self.write_all(&out).await?;
+        }
+    }
+
+    async fn scram(&mut self, password: &str, mechanisms: &[u8]) -> Result<(), UpstreamError> {
+        if !mechanisms.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256") {
+            return Err(UpstreamError::Refused("server offers no SCRAM-SHA-256".into()));
+        }
+        // Channel binding upstream is not implemented yet; `unsupported` is
+        // what PostgreSQL accepts both with and without TLS.
+        let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+        let mut out = BytesMut::new();
+        frontend::sasl_initial_response("SCRAM-SHA-256", scram.message(), &mut out)?;
+        self.write_all(&out).await?;
+        let server_first = self.expect_auth(11).await?;
+        scram.update(&server_first)?;
+        out.clear();
+        frontend::sasl_response(scram.message(), &mut out)?;
+        self.write_all(&out).await?;
+        let server_final = self.expect_auth(12).await?;
+        scram.finish(&server_final)?;
+        self.expect_auth(0).await.map(|_| ())
+    }
+
+    async fn expect_auth(&mut self, code: i32) -> Result<Bytes, UpstreamError> {
+        let (tag, mut body) = self.read_message().await?;
+        match tag {
+            b'R' if body.len() >= 4 && body.get_i32() == code => Ok(body),
+            b'E' => Err(UpstreamError::Refused(error_text(&body))),
+            _ => Err(UpstreamError::Protocol(format!("expected authentication step {code}"))),
+        }
+    }
+}
+
+fn parse_parameter(body: &[u8]) -> Result<(String, String), UpstreamError> {
+    let bad = || UpstreamError::Protocol("malformed ParameterStatus".into());
+    let (name, rest) = frame::cstr(body).ok_or_else(bad)?;
+    let (value, _) = frame::cstr(rest).ok_or_else(bad)?;
+    Ok((String::from_utf8_lossy(name).into_owned(), String::from_utf8_lossy(value).into_owned()))
+}
+
+/// The message and SQLSTATE of an ErrorResponse body, for logs.
+pub fn error_text(body: &[u8]) -> String {
+    let Some(fields) = error::fields(body) else { return "malformed error".into() };
+    let get = |k| String::from_utf8_lossy(error::field(&fields, k).unwrap_or(b"")).into_owned();
+    format!("{} ({})", get(b'M'), get(b'C'))
+}
+
+fn unexpected(tag: u8) -> UpstreamError {
+    UpstreamError::Protocol(format!("unexpected message {:?} during login", tag as char))
+}

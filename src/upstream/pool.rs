@@ -1,0 +1,119 @@
+//! The pool of server connections: at most `pool_size` of them, handed out
+//! one transaction at a time, in FIFO order to waiting clients.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::connect::{Connector, ServerConn, UpstreamError};
+
+/// Why no server connection could be handed out.
+#[derive(Debug, Error)]
+pub enum PoolError {
+    /// Every connection stayed busy for the whole wait.
+    #[error("no server connection became free within {0:?}")]
+    Timeout(Duration),
+    /// Opening a new connection failed.
+    #[error(transparent)]
+    Connect(#[from] UpstreamError),
+}
+
+/// A bounded pool of logged-in server connections.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connector: Connector,
+    // The permit count is the number of connections that may exist; a tokio
+    // Semaphore queues waiters fairly, which keeps waiting clients in order.
+    slots: Arc<Semaphore>,
+    // A std Mutex is fine: it is held only to push or pop, never across .await.
+    idle: Mutex<Vec<ServerConn>>,
+    server_params: Mutex<Option<ServerParams>>,
+}
+
+/// ParameterStatus values a server reported at login.
+pub type ServerParams = Arc<Vec<(String, String)>>;
+
+/// A server connection lent to one client; give it back with [`Pool::checkin`]
+/// or drop it to close the connection and free its slot.
+pub struct Pooled {
+    /// The connection itself.
+    pub conn: ServerConn,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Pool {
+    /// A pool that opens connections with `connector`, `size` at most.
+    pub fn new(connector: Connector, size: usize) -> Pool {
+        let inner = Inner {
+            connector,
+            slots: Arc::new(Semaphore::new(size)),
+            idle: Mutex::new(Vec::new()),
+            server_params: Mutex::new(None),
+        };
+        Pool { inner: Arc::new(inner) }
+    }
+
+    /// Waits up to `wait` for a free slot, then hands out an idle connection
+    /// that is still alive, or opens a new one.
+    pub async fn checkout(&self, wait: Duration) -> Result<Pooled, PoolError> {
+        let permit = tokio::time::timeout(wait, self.inner.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| PoolError::Timeout(wait))?
+            .expect("the pool semaphore is never closed");
+        while let Some(mut conn) = self.pop_idle() {
+            if !conn.is_broken() {
+                return Ok(Pooled { conn, _permit: permit });
+            }
+            tracing::info!("discarding a broken idle server connection");
+        }
+        let conn = self.inner.connector.connect().await?;
+        self.remember_params(&conn);
+        Ok(Pooled { conn, _permit: permit })
+    }
+
+    /// Returns a connection that is idle (`ReadyForQuery 'I'`, nothing pending).
+    pub fn checkin(&self, pooled: Pooled) {
+        let Pooled { conn, _permit } = pooled;
+        self.inner.idle.lock().expect("pool lock").push(conn);
+    }
+
+    /// The server's ParameterStatus values, as reported to a new connection;
+    /// opens a connection the first time if none has been made yet.
+    pub async fn server_params(&self, wait: Duration) -> Result<ServerParams, PoolError> {
+        if let Some(p) = self.inner.server_params.lock().expect("pool lock").clone() {
+            return Ok(p);
+        }
+        let pooled = self.checkout(wait).await?;
+        self.remember_params(&pooled.conn);
+        self.checkin(pooled);
+        let params = self.inner.server_params.lock().expect("pool lock").clone();
+        Ok(params.unwrap_or_default())
+    }
+
+    /// Number of idle connections (for tests and metrics).
+    pub fn idle_count(&self) -> usize {
+        self.inner.idle.lock().expect("pool lock").len()
+    }
+
+    /// The upstream address, for cancel requests.
+    pub fn upstream_addr(&self) -> (String, u16) {
+        let cfg = &self.inner.connector.cfg;
+        (cfg.host.clone(), cfg.port)
+    }
+
+    fn pop_idle(&self) -> Option<ServerConn> {
+        // Most recently used first: its socket and backend caches are warm.
+        self.inner.idle.lock().expect("pool lock").pop()
+    }
+
+    fn remember_params(&self, conn: &ServerConn) {
+        // Always the newest: an upstream restart may have changed the version.
+        *self.inner.server_params.lock().expect("pool lock") = Some(Arc::new(conn.params.clone()));
+    }
+}
