@@ -102,7 +102,8 @@ async fn try_send_cancel(addr: &(String, u16), key: ServerKey) -> std::io::Resul
     // PostgreSQL closes the socket once it has read the request; waiting for
     // that keeps the slot locked until the cancel was delivered.
     let mut sink = [0u8; 1];
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut s, &mut sink)).await;
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut s, &mut sink)).await;
     Ok(())
 }
 

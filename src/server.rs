@@ -32,6 +32,8 @@ pub struct Shared {
     pub cancel: Arc<Registry>,
     /// TLS for clients, when a certificate is configured.
     pub tls: Option<TlsAcceptor>,
+    /// Server-side names of prepared statements.
+    pub prepared: crate::session::prepared::Registry,
 }
 
 impl Shared {
@@ -51,7 +53,7 @@ impl Shared {
         let pool = Pool::new(connector, config.upstream.pool_size);
         let cancel = Registry::new(pool.upstream_addr());
         let inspector = Inspector::new(&config.tenant.setting);
-        Ok(Shared { config, verifier, inspector, pool, cancel, tls })
+        Ok(Shared { config, verifier, inspector, pool, cancel, tls, prepared: Default::default() })
     }
 }
 

@@ -5,6 +5,7 @@ pub mod client;
 pub mod inject;
 pub mod login;
 pub mod outstanding;
+pub mod prepared;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;

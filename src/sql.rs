@@ -8,8 +8,5 @@
 pub mod inspect;
 pub mod lexer;
 
-pub use inspect::{
-    DiscardKind, Inspection, Inspector, Refusal, RefusalReason, SessionEffect, Statement,
-    TxControl,
-};
+pub use inspect::{DiscardKind, Inspection, Inspector, Refusal, RefusalReason, SessionEffect, Statement, TxControl};
 pub use lexer::{tokenize, LexError, LexErrorKind, Lexed, Lexer, Token, TokenKind};

@@ -10,7 +10,6 @@
 //! one `poll_fn`, so a client that pipelines a lot while the server answers a
 //! lot can never deadlock the two sockets against each other.
 
-use std::collections::HashSet;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -25,6 +24,7 @@ use tokio_util::io::poll_read_buf;
 use super::inject::{self, Refused, Role};
 use super::login::LoggedIn;
 use super::outstanding::{Action, Outstanding, Owner, Pending, QueryPlan, Step};
+use super::prepared::{self, ClientStatements, Statement};
 use super::Fatal;
 use crate::cancel::{Registration, ServerKey};
 use crate::net::ClientStream;
@@ -57,6 +57,10 @@ pub struct Session {
     outstanding: Outstanding,
     /// `SET LOCAL <setting> = '<tenant>'` for this client.
     tenant_stmt: Bytes,
+    /// `SELECT pg_catalog.set_config('<setting>', '<tenant>', true)`: the
+    /// extended-protocol form, since `SET LOCAL` outside a block makes the
+    /// server log a WARNING for every transaction.
+    tenant_select: Bytes,
     cancel: Registration,
     /// Extended-protocol messages were sent since the last Sync.
     unit_open: bool,
@@ -67,8 +71,9 @@ pub struct Session {
     predicted: Option<u8>,
     /// Status of the last ReadyForQuery from the server.
     server_status: u8,
-    /// The client's named statements that contain transaction control.
-    tx_statements: HashSet<Bytes>,
+    /// The client's named prepared statements.
+    statements: ClientStatements,
+    /// The client's unnamed statement contains transaction control.
     unnamed_tx: bool,
     standard_conforming_strings: bool,
 }
@@ -120,7 +125,11 @@ impl Session {
         build::backend_key_data(&mut cout, cancel.pid, cancel.secret);
         build::ready_for_query(&mut cout, IDLE);
         let scs = !params.iter().any(|(k, v)| k == "standard_conforming_strings" && v == "off");
-        let stmt = format!("SET LOCAL {} = '{}'", shared.config.tenant.setting, tenant.as_str());
+        // Both the setting name (validated by config) and the tenant
+        // (TenantId's charset) are safe to embed without escaping.
+        let setting = &shared.config.tenant.setting;
+        let stmt = format!("SET LOCAL {setting} = '{}'", tenant.as_str());
+        let select = format!("SELECT pg_catalog.set_config('{setting}', '{}', true)", tenant.as_str());
         tracing::info!(%peer, user = %user, tenant = %tenant.as_str(), tls = stream.is_tls(), "client logged in");
         Ok(Session {
             shared,
@@ -134,12 +143,13 @@ impl Session {
             server_unflushed: false,
             outstanding: Outstanding::default(),
             tenant_stmt: Bytes::from(stmt),
+            tenant_select: Bytes::from(select),
             cancel,
             unit_open: false,
             unit_tx: false,
             predicted: Some(IDLE),
             server_status: IDLE,
-            tx_statements: HashSet::new(),
+            statements: ClientStatements::default(),
             unnamed_tx: false,
             standard_conforming_strings: scs,
         })
@@ -200,20 +210,14 @@ impl Session {
             b'Q' => self.on_query(msg)?,
             b'F' => self.on_function_call(),
             b'P' => self.on_parse(msg)?,
-            b'B' => {
-                self.note_bind(&msg)?;
-                self.forward_step(Step::Bind, &msg);
-            }
-            b'D' => match msg.get(frame::HEADER_LEN) {
-                Some(b'S') => self.forward_step(Step::DescribeStatement, &msg),
-                Some(b'P') => self.forward_step(Step::DescribePortal, &msg),
-                _ => return Err(Fatal::new("08P01", "invalid Describe message")),
-            },
-            b'E' => self.forward_step(Step::Execute, &msg),
-            b'C' => self.forward_step(Step::Close, &msg),
+            b'B' => self.on_bind(&msg)?,
+            b'D' => self.on_describe(&msg)?,
+            b'E' => self.forward_step(Step::Execute, &msg, false),
+            b'C' => self.on_close(&msg)?,
             b'S' => self.on_sync(&msg),
             _ => self.sout.extend_from_slice(&msg),
         }
+        self.outstanding.drain_synthetic(&mut self.cout);
         Ok(true)
     }
 
@@ -266,69 +270,132 @@ impl Session {
     }
 
     fn on_parse(&mut self, msg: Bytes) -> Result<(), Fatal> {
-        let bad = || Fatal::new("08P01", "invalid Parse message");
-        let body = &msg[frame::HEADER_LEN..];
-        let (name, rest) = frame::cstr(body).ok_or_else(bad)?;
-        let (sql, types) = frame::cstr(rest).ok_or_else(bad)?;
-        let count = types.get(..2).map(|c| i16::from_be_bytes([c[0], c[1]])).ok_or_else(bad)?;
-        if count < 0 || types.len() != 2 + 4 * count as usize {
-            return Err(bad());
-        }
-        self.begin_step();
-        let insp = self.shared.inspector.inspect(sql, self.standard_conforming_strings);
+        let (name, sql, types) = parse_fields(&msg).ok_or_else(|| Fatal::new("08P01", "invalid Parse message"))?;
+        let insp = self.shared.inspector.inspect(&sql, self.standard_conforming_strings);
         let tx = insp.statements.iter().any(|s| s.tx != TxControl::None);
-        self.remember_statement(msg.slice_ref(name), tx);
+        self.begin_step(tx);
         self.unit_tx |= tx;
         let refusal = if insp.lex_error {
             Some(Refused::unparsable())
         } else {
             insp.statements.iter().find_map(|s| s.refusal.as_ref()).map(|r| Refused::privilege(r.message()))
         };
-        match refusal {
-            Some(r) => {
-                build::parse(&mut self.sout, name, inject::STAND_IN, types);
-                self.outstanding.push(Pending::Step(Step::Parse, Owner::StandIn(r)));
-            }
-            None => {
-                self.sout.extend_from_slice(&msg);
-                self.outstanding.push(Pending::Step(Step::Parse, Owner::Client));
-            }
+        if let Some(r) = refusal {
+            self.stand_in_parse(r);
+        } else if name.is_empty() {
+            self.unnamed_tx = tx;
+            self.sout.extend_from_slice(&msg);
+            self.outstanding.push(Pending::Step(Step::Parse, Owner::Client));
+        } else if self.statements.get(&name).is_some() {
+            let text = String::from_utf8_lossy(&name);
+            self.stand_in_parse(Refused {
+                code: "42P05",
+                message: format!("prepared statement \"{text}\" already exists"),
+            });
+        } else {
+            let id = self.shared.prepared.id_for(&sql, &types);
+            let stmt = Arc::new(Statement { id, text: sql, types, tx });
+            self.statements.insert(name, stmt.clone());
+            self.prepare_on_server(&stmt, false);
         }
         Ok(())
     }
 
-    fn remember_statement(&mut self, name: Bytes, tx: bool) {
-        if name.is_empty() {
-            self.unnamed_tx = tx;
-        } else if tx {
-            self.tx_statements.insert(name);
-        } else {
-            self.tx_statements.remove(&name);
-        }
+    /// A Parse that fails upstream at the same point, its error rewritten to `r`.
+    fn stand_in_parse(&mut self, r: Refused) {
+        build::parse(&mut self.sout, b"", inject::STAND_IN, b"\0\0");
+        self.outstanding.push(Pending::Step(Step::Parse, Owner::StandIn(r)));
     }
 
-    fn note_bind(&mut self, msg: &Bytes) -> Result<(), Fatal> {
+    /// Makes sure the attached server has `stmt` under its proxy name. A client
+    /// Parse of a statement the server already has is answered by the proxy.
+    fn prepare_on_server(&mut self, stmt: &Statement, hidden: bool) {
+        let server = self.server.as_mut().expect("a server is attached");
+        if !server.conn.prepared.insert(stmt.id) {
+            if !hidden {
+                self.outstanding.push(Pending::Step(Step::Parse, Owner::Synthetic));
+            }
+            return;
+        }
+        build::parse(&mut self.sout, &stmt.server_name(), &stmt.text, &stmt.types);
+        self.outstanding.push(Pending::Step(Step::Parse, Owner::Prepare { id: stmt.id, hidden }));
+    }
+
+    fn on_bind(&mut self, msg: &Bytes) -> Result<(), Fatal> {
         let bad = || Fatal::new("08P01", "invalid Bind message");
         let (_portal, rest) = frame::cstr(&msg[frame::HEADER_LEN..]).ok_or_else(bad)?;
-        let (stmt, _) = frame::cstr(rest).ok_or_else(bad)?;
-        let tx = if stmt.is_empty() { self.unnamed_tx } else { self.tx_statements.contains(stmt) };
-        if tx {
-            // Bind comes before the step begins; remember it for this unit.
-            self.begin_step();
-            self.unit_tx = true;
+        let (name, _) = frame::cstr(rest).ok_or_else(bad)?;
+        if name.is_empty() {
+            return Ok(self.forward_step(Step::Bind, msg, self.unnamed_tx));
+        }
+        let Some(stmt) = self.statements.get(name).cloned() else {
+            // Unknown to the proxy: PostgreSQL will say it does not exist.
+            return Ok(self.forward_step(Step::Bind, msg, false));
+        };
+        self.begin_step(stmt.tx);
+        self.unit_tx |= stmt.tx;
+        self.prepare_on_server(&stmt, true);
+        prepared::rename_bind(msg, &stmt.server_name(), &mut self.sout).ok_or_else(bad)?;
+        self.outstanding.push(Pending::Step(Step::Bind, Owner::Client));
+        Ok(())
+    }
+
+    fn on_describe(&mut self, msg: &Bytes) -> Result<(), Fatal> {
+        let body = &msg[frame::HEADER_LEN..];
+        let (kind, name) = match body.split_first() {
+            Some((kind @ (b'S' | b'P'), rest)) => (*kind, frame::cstr(rest).map(|(n, _)| n)),
+            _ => return Err(Fatal::new("08P01", "invalid Describe message")),
+        };
+        let name = name.ok_or_else(|| Fatal::new("08P01", "invalid Describe message"))?;
+        if kind == b'P' {
+            self.forward_step(Step::DescribePortal, msg, false);
+            return Ok(());
+        }
+        match self.statements.get(name).cloned().filter(|_| !name.is_empty()) {
+            Some(stmt) => {
+                self.begin_step(false);
+                self.prepare_on_server(&stmt, true);
+                prepared::describe_statement(&stmt.server_name(), &mut self.sout);
+                self.outstanding.push(Pending::Step(Step::DescribeStatement, Owner::Client));
+            }
+            None => self.forward_step(Step::DescribeStatement, msg, false),
         }
         Ok(())
     }
 
-    /// Opens an extended-protocol unit; the tenant goes first when it starts a transaction.
-    fn begin_step(&mut self) {
+    /// Closing a named statement only forgets the client's name: the server
+    /// copy stays for other clients and is answered by the proxy.
+    fn on_close(&mut self, msg: &Bytes) -> Result<(), Fatal> {
+        let body = &msg[frame::HEADER_LEN..];
+        match body.split_first() {
+            Some((b'S', rest)) => {
+                let (name, _) = frame::cstr(rest).ok_or_else(|| Fatal::new("08P01", "invalid Close message"))?;
+                if name.is_empty() {
+                    self.forward_step(Step::Close, msg, false);
+                } else {
+                    self.statements.remove(name);
+                    self.outstanding.push(Pending::Step(Step::Close, Owner::Synthetic));
+                }
+            }
+            Some((b'P', _)) => self.forward_step(Step::Close, msg, false),
+            _ => return Err(Fatal::new("08P01", "invalid Close message")),
+        }
+        Ok(())
+    }
+
+    /// Opens an extended-protocol unit; the tenant goes first when it starts a
+    /// transaction. `tx_first` says the unit opens with transaction control,
+    /// which needs `SET LOCAL` (it takes no snapshot, so `BEGIN ISOLATION
+    /// LEVEL` still works after it).
+    fn begin_step(&mut self, tx_first: bool) {
         if self.unit_open {
             return;
         }
         self.unit_open = true;
         self.unit_tx = false;
         if self.predicted == Some(IDLE) {
-            build::parse_unnamed(&mut self.sout, &self.tenant_stmt);
+            let text = if tx_first { &self.tenant_stmt } else { &self.tenant_select };
+            build::parse_unnamed(&mut self.sout, text);
             build::bind_unnamed(&mut self.sout);
             build::execute_unnamed(&mut self.sout);
             for step in [Step::Parse, Step::Bind, Step::Execute] {
@@ -337,8 +404,9 @@ impl Session {
         }
     }
 
-    fn forward_step(&mut self, step: Step, msg: &[u8]) {
-        self.begin_step();
+    fn forward_step(&mut self, step: Step, msg: &[u8], tx: bool) {
+        self.begin_step(tx);
+        self.unit_tx |= tx;
         self.sout.extend_from_slice(msg);
         self.outstanding.push(Pending::Step(step, Owner::Client));
     }
@@ -373,6 +441,10 @@ impl Session {
                 Action::Forward => self.cout.extend_from_slice(&msg),
                 Action::Drop => {}
                 Action::Replace(b) => self.cout.extend_from_slice(&b),
+            }
+            self.outstanding.drain_synthetic(&mut self.cout);
+            for id in self.outstanding.take_unprepared() {
+                server.conn.prepared.remove(&id);
             }
         }
         Ok(())
@@ -502,7 +574,8 @@ fn drive_write<W: AsyncWrite + Unpin>(
 }
 
 fn server_lost() -> Fatal {
-    Fatal::new("08006", "the server connection was lost").hint("the transaction in progress was lost; reconnect and retry")
+    Fatal::new("08006", "the server connection was lost")
+        .hint("the transaction in progress was lost; reconnect and retry")
 }
 
 fn pool_fatal(e: PoolError) -> Fatal {
@@ -511,4 +584,16 @@ fn pool_fatal(e: PoolError) -> Fatal {
             .hint("all upstream.pool_size connections are busy; retry later or raise upstream.pool_size / upstream.pool_timeout_seconds"),
         PoolError::Connect(e) => Fatal::new("08006", format!("pgtenant could not connect to the upstream database: {e}")),
     }
+}
+
+/// The name, text and parameter-type section of a Parse message.
+fn parse_fields(msg: &Bytes) -> Option<(Bytes, Bytes, Bytes)> {
+    let body = &msg[frame::HEADER_LEN..];
+    let (name, rest) = frame::cstr(body)?;
+    let (sql, types) = frame::cstr(rest)?;
+    let count = i16::from_be_bytes([*types.first()?, *types.get(1)?]);
+    if count < 0 || types.len() != 2 + 4 * count as usize {
+        return None;
+    }
+    Some((msg.slice_ref(name), msg.slice_ref(sql), msg.slice_ref(types)))
 }

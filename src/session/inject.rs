@@ -92,7 +92,11 @@ pub fn rewrite_query(sql: &Bytes, insp: &Inspection, tenant_stmt: &[u8], inject:
     }
     let needs_edit = inject
         || insp.statements.iter().any(|s| s.refusal.is_some())
-        || insp.statements.iter().enumerate().any(|(i, s)| ends_transaction_before_more(s.tx, i + 1 == insp.statements.len()));
+        || insp
+            .statements
+            .iter()
+            .enumerate()
+            .any(|(i, s)| ends_transaction_before_more(s.tx, i + 1 == insp.statements.len()));
     if !needs_edit {
         return None;
     }
@@ -156,7 +160,8 @@ impl<'a> Builder<'a> {
 
     fn replace(&mut self, range: std::ops::Range<usize>, text: &[u8], role: Role) {
         self.copy_to(range.start);
-        let edit = Edit { new_start: self.out.len(), new_len: text.len(), orig_start: range.start, orig_len: range.len() };
+        let edit =
+            Edit { new_start: self.out.len(), new_len: text.len(), orig_start: range.start, orig_len: range.len() };
         self.out.extend_from_slice(text);
         self.copied = range.end;
         self.edits.push(edit);
@@ -264,7 +269,9 @@ mod tests {
         let r = rewrite("SELECT 1; SET app.current_tenant_id = 'b'; SELECT 2", false).unwrap();
         let expected = format!("SELECT 1; {}; SELECT 2", String::from_utf8_lossy(STAND_IN));
         assert_eq!(text(&r), expected);
-        assert!(matches!(&r.roles[1], Role::StandIn(x) if x.code == "42501" && x.message.contains("app.current_tenant_id")));
+        assert!(
+            matches!(&r.roles[1], Role::StandIn(x) if x.code == "42501" && x.message.contains("app.current_tenant_id"))
+        );
     }
 
     #[test]
@@ -279,7 +286,8 @@ mod tests {
     fn positions_count_characters_not_bytes() {
         let r = rewrite("SELECT 'é'; SELEC 2", true).unwrap();
         let sent = text(&r);
-        let at = sent.chars().position(|_| true).map(|_| sent[..sent.find("SELEC 2").unwrap()].chars().count() + 1).unwrap();
+        let at =
+            sent.chars().position(|_| true).map(|_| sent[..sent.find("SELEC 2").unwrap()].chars().count() + 1).unwrap();
         assert_eq!(r.into_map().map(at), "SELECT 'é'; SELEC 2".chars().count() - "SELEC 2".len() + 1);
     }
 

@@ -76,7 +76,10 @@ async fn negotiate(
                     return Err(Fatal::new("08P01", "unexpected data after SSLRequest"));
                 }
                 write(&mut tcp, b"S").await?;
-                let tls = acceptor.accept(tcp).await.map_err(|e| Fatal::new("08P01", format!("TLS handshake failed: {e}")))?;
+                let tls = acceptor
+                    .accept(tcp)
+                    .await
+                    .map_err(|e| Fatal::new("08P01", format!("TLS handshake failed: {e}")))?;
                 let mut stream = MaybeTls::Tls(Box::new(tls));
                 return match read_packet(&mut stream, buf).await? {
                     StartupPacket::Startup(s) => Ok(Some((stream, s))),

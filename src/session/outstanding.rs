@@ -49,6 +49,22 @@ pub enum Owner {
     Proxy,
     /// A stand-in for a refused request: rewrite its error.
     StandIn(Refused),
+    /// A Parse of proxy-named statement `id`: forward (or drop when
+    /// `hidden`), and remember if it failed, since then the server lacks it.
+    Prepare {
+        /// Statement id.
+        id: u64,
+        /// Sent by the proxy, not the client.
+        hidden: bool,
+    },
+    /// Not sent at all: the proxy answers with the step's completion message.
+    Synthetic,
+}
+
+impl Owner {
+    fn hidden(&self) -> bool {
+        matches!(self, Owner::Proxy | Owner::Prepare { hidden: true, .. })
+    }
 }
 
 /// A simple Query awaiting its replies, statement by statement.
@@ -103,6 +119,8 @@ pub struct Outstanding {
     /// After an extended-protocol error with no Sync queued, the server
     /// ignores everything until the next Sync, so nothing else is owed.
     skipping: bool,
+    /// Statement ids whose Parse failed or was skipped.
+    unprepared: Vec<u64>,
 }
 
 impl Outstanding {
@@ -161,7 +179,7 @@ impl Outstanding {
                 if step.completed_by(tag) {
                     self.queue.pop_front();
                 }
-                if owner == Owner::Proxy {
+                if owner.hidden() {
                     Action::Drop
                 } else {
                     Action::Forward
@@ -170,9 +188,26 @@ impl Outstanding {
         }
     }
 
+    /// Writes the replies the proxy gives itself while they are next in line.
+    pub fn drain_synthetic(&mut self, out: &mut BytesMut) {
+        while let Some(Pending::Step(step, Owner::Synthetic)) = self.queue.front() {
+            let tag = match step {
+                Step::Close => b'3',
+                _ => b'1',
+            };
+            build::message(out, tag, |_| {});
+            self.queue.pop_front();
+        }
+    }
+
+    /// Statement ids the server did not prepare after all, since the last call.
+    pub fn take_unprepared(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.unprepared)
+    }
+
     fn front_is_hidden(&self) -> bool {
         match self.queue.front() {
-            Some(Pending::Step(_, Owner::Proxy)) => true,
+            Some(Pending::Step(_, owner)) => owner.hidden(),
             Some(Pending::Query(plan)) => plan.role() == Some(&Role::Hidden),
             _ => false,
         }
@@ -185,7 +220,10 @@ impl Outstanding {
 
     /// After an error the server skips every request up to the next Sync.
     fn fail_to_sync(&mut self) {
-        while let Some(Pending::Step(..)) = self.queue.front() {
+        while let Some(Pending::Step(_, owner)) = self.queue.front() {
+            if let Owner::Prepare { id, .. } = owner {
+                self.unprepared.push(*id);
+            }
             self.queue.pop_front();
         }
         if self.queue.is_empty() {
@@ -320,5 +358,37 @@ mod tests {
         assert_eq!(q.on_message(b'C', b"SELECT 1\0"), Action::Forward);
         assert_eq!(q.on_message(b'Z', b"I"), Action::Forward);
         assert!(q.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod prepare_tests {
+    use super::*;
+
+    #[test]
+    fn synthetic_replies_wait_their_turn() {
+        let mut q = Outstanding::default();
+        q.push(Pending::Step(Step::Bind, Owner::Client));
+        q.push(Pending::Step(Step::Parse, Owner::Synthetic));
+        q.push(Pending::Step(Step::Close, Owner::Synthetic));
+        q.push(Pending::Sync);
+        let mut out = BytesMut::new();
+        q.drain_synthetic(&mut out);
+        assert!(out.is_empty());
+        assert_eq!(q.on_message(b'2', b""), Action::Forward);
+        q.drain_synthetic(&mut out);
+        assert_eq!(&out[..], b"1\0\0\0\x043\0\0\0\x04");
+        assert_eq!(q.on_message(b'Z', b"I"), Action::Forward);
+    }
+
+    #[test]
+    fn failed_and_skipped_prepares_are_reported() {
+        let mut q = Outstanding::default();
+        q.push(Pending::Step(Step::Parse, Owner::Prepare { id: 1, hidden: true }));
+        q.push(Pending::Step(Step::Parse, Owner::Prepare { id: 2, hidden: false }));
+        q.push(Pending::Sync);
+        assert_eq!(q.on_message(b'E', b"SERROR\0C42P01\0Mno table\0\0"), Action::Forward);
+        assert_eq!(q.take_unprepared(), vec![1, 2]);
+        assert!(q.take_unprepared().is_empty());
     }
 }

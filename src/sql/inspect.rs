@@ -34,12 +34,8 @@ const UNSAFE_ENCODINGS: &[&str] = &[
 ];
 
 /// Session-level advisory lock functions (the `_xact_` variants end with the transaction).
-const ADVISORY_LOCKS: &[&str] = &[
-    "pg_advisory_lock",
-    "pg_advisory_lock_shared",
-    "pg_try_advisory_lock",
-    "pg_try_advisory_lock_shared",
-];
+const ADVISORY_LOCKS: &[&str] =
+    &["pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared"];
 
 /// Classifies client SQL for the proxy; cheap to clone and share.
 #[derive(Debug, Clone)]
@@ -222,11 +218,7 @@ impl Inspector {
             protected.push(truncated);
         }
         let max_parts = protected.iter().map(|p| p.split('.').count()).max().unwrap_or(1);
-        Inspector {
-            tenant_setting: tenant,
-            protected,
-            max_parts,
-        }
+        Inspector { tenant_setting: tenant, protected, max_parts }
     }
 
     /// The protected tenant setting name, lowercase.
@@ -265,17 +257,8 @@ impl Inspector {
 
     fn classify(&self, toks: &[Token<'_>], span: Range<usize>) -> Statement {
         let lead = lead(toks);
-        let session = lead
-            .session
-            .or_else(|| select_into_temp(toks))
-            .or_else(|| advisory_lock(toks));
-        Statement {
-            span,
-            tx: lead.tx,
-            no_tx_block: lead.no_tx_block,
-            refusal: self.refusal(toks),
-            session,
-        }
+        let session = lead.session.or_else(|| select_into_temp(toks)).or_else(|| advisory_lock(toks));
+        Statement { span, tx: lead.tx, no_tx_block: lead.no_tx_block, refusal: self.refusal(toks), session }
     }
 
     /// Scans every token, not just the leading ones, so that `SET` clauses inside
@@ -305,15 +288,13 @@ impl Inspector {
     /// Both readings are tried because a protected name may itself start with one of them.
     fn check_set(&self, toks: &[Token<'_>], i: usize) -> Option<Refusal> {
         let is_set = toks[i].is_keyword("set");
-        let mut j = i + 1;
-        for _ in 0..3 {
+        for j in i + 1..i + 4 {
             if let Some(refusal) = self.check_set_target(toks, j, is_set) {
                 return Some(refusal);
             }
             if !matches!(kw(toks, j), b"session" | b"local") {
                 break;
             }
-            j += 1;
         }
         None
     }
@@ -326,9 +307,7 @@ impl Inspector {
         if !is_set {
             return None;
         }
-        let assigns = toks
-            .get(name.end)
-            .is_some_and(|t| t.is_keyword("to") || t.value_bytes() == Some(b"="));
+        let assigns = toks.get(name.end).is_some_and(|t| t.is_keyword("to") || t.value_bytes() == Some(b"="));
         // `SET NAMES 'x'` has no `=`; `UPDATE t SET names = ...` is a column.
         let encoding = (name.matches(CLIENT_ENCODING.as_bytes()) && assigns)
             || (toks[j].is_keyword("names") && name.end == j + 1 && !assigns);
@@ -358,10 +337,7 @@ impl Inspector {
 }
 
 fn refuse(setting: &str, reason: RefusalReason) -> Refusal {
-    Refusal {
-        setting: setting.to_string(),
-        reason,
-    }
+    Refusal { setting: setting.to_string(), reason }
 }
 
 /// Truncates each dot-separated part to the server's identifier length, on a char boundary.
@@ -439,11 +415,7 @@ struct Name<'t> {
 
 fn dotted_name<'t>(toks: &'t [Token<'_>], start: usize, max_parts: usize) -> Option<Name<'t>> {
     let first = toks.get(start).filter(|t| t.is_identifier())?;
-    let mut name = Name {
-        parts: vec![first.value_bytes()],
-        end: start + 1,
-        overflow: false,
-    };
+    let mut name = Name { parts: vec![first.value_bytes()], end: start + 1, overflow: false };
     while toks.get(name.end).is_some_and(|t| t.is_punct(b'.'))
         && toks.get(name.end + 1).is_some_and(Token::is_identifier)
     {
@@ -493,11 +465,8 @@ impl Name<'_> {
     }
 
     fn text(&self) -> String {
-        let parts: Vec<String> = self
-            .parts
-            .iter()
-            .map(|p| String::from_utf8_lossy(p.unwrap_or(b"?")).into_owned())
-            .collect();
+        let parts: Vec<String> =
+            self.parts.iter().map(|p| String::from_utf8_lossy(p.unwrap_or(b"?")).into_owned()).collect();
         parts.join(".")
     }
 }
@@ -529,10 +498,7 @@ fn ident_is(tok: &Token<'_>, name: &str) -> bool {
 /// A function argument at `i` that is a plain string literal followed by `,`.
 fn plain_literal_arg<'t>(toks: &'t [Token<'_>], i: usize) -> Option<&'t [u8]> {
     let tok = toks.get(i)?;
-    let plain = matches!(
-        tok.kind,
-        TokenKind::String | TokenKind::EscapeString | TokenKind::DollarString
-    );
+    let plain = matches!(tok.kind, TokenKind::String | TokenKind::EscapeString | TokenKind::DollarString);
     let comma = toks.get(i + 1).is_some_and(|t| t.is_punct(b','));
     if plain && comma {
         tok.value_bytes()
@@ -542,11 +508,7 @@ fn plain_literal_arg<'t>(toks: &'t [Token<'_>], i: usize) -> Option<&'t [u8]> {
 }
 
 fn is_unsafe_encoding(value: &[u8]) -> bool {
-    let clean: Vec<u8> = value
-        .iter()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .map(u8::to_ascii_lowercase)
-        .collect();
+    let clean: Vec<u8> = value.iter().filter(|c| c.is_ascii_alphanumeric()).map(u8::to_ascii_lowercase).collect();
     UNSAFE_ENCODINGS.iter().any(|e| e.as_bytes() == clean)
 }
 
@@ -603,24 +565,15 @@ struct Lead {
 
 impl Lead {
     fn tx(tx: TxControl) -> Self {
-        Lead {
-            tx,
-            ..Lead::default()
-        }
+        Lead { tx, ..Lead::default() }
     }
 
     fn no_tx(no_tx_block: bool) -> Self {
-        Lead {
-            no_tx_block,
-            ..Lead::default()
-        }
+        Lead { no_tx_block, ..Lead::default() }
     }
 
     fn session(session: Option<SessionEffect>) -> Self {
-        Lead {
-            session,
-            ..Lead::default()
-        }
+        Lead { session, ..Lead::default() }
     }
 }
 
@@ -651,9 +604,7 @@ fn lead(toks: &[Token<'_>]) -> Lead {
 }
 
 fn chain(toks: &[Token<'_>]) -> TxControl {
-    let chained = toks
-        .windows(2)
-        .any(|w| w[0].is_keyword("and") && w[1].is_keyword("chain"));
+    let chained = toks.windows(2).any(|w| w[0].is_keyword("and") && w[1].is_keyword("chain"));
     if chained {
         TxControl::EndAndChain
     } else {
@@ -686,11 +637,7 @@ fn create(toks: &[Token<'_>]) -> Lead {
         || (a == b"unique" && b == b"index" && c == b"concurrently");
     let temp = matches!(a, b"temp" | b"temporary")
         || (matches!(a, b"global" | b"local") && matches!(b, b"temp" | b"temporary"));
-    Lead {
-        no_tx_block,
-        session: temp.then_some(SessionEffect::CreateTemp),
-        ..Lead::default()
-    }
+    Lead { no_tx_block, session: temp.then_some(SessionEffect::CreateTemp), ..Lead::default() }
 }
 
 fn drop_needs_no_tx(toks: &[Token<'_>]) -> bool {
@@ -705,9 +652,7 @@ fn alter_needs_no_tx(toks: &[Token<'_>]) -> bool {
     let has = |word: &str| toks.iter().any(|t| t.is_keyword(word));
     match kw(toks, 1) {
         b"system" | b"subscription" => true,
-        b"database" => toks
-            .windows(2)
-            .any(|w| w[0].is_keyword("set") && w[1].is_keyword("tablespace")),
+        b"database" => toks.windows(2).any(|w| w[0].is_keyword("set") && w[1].is_keyword("tablespace")),
         b"table" => has("detach") && has("concurrently"),
         _ => false,
     }
@@ -734,8 +679,7 @@ fn reindex_needs_no_tx(toks: &[Token<'_>]) -> bool {
     if toks.get(1).is_some_and(|t| t.is_punct(b'(')) {
         i = after_parens(toks, 1);
     }
-    matches!(kw(toks, i), b"schema" | b"database" | b"system")
-        || toks.iter().any(|t| t.is_keyword("concurrently"))
+    matches!(kw(toks, i), b"schema" | b"database" | b"system") || toks.iter().any(|t| t.is_keyword("concurrently"))
 }
 
 /// `CLUSTER`, `CLUSTER VERBOSE` and `CLUSTER (options)` recluster the whole database.
@@ -756,11 +700,7 @@ fn discard(toks: &[Token<'_>]) -> Lead {
         b"sequences" => DiscardKind::Sequences,
         _ => return Lead::default(),
     };
-    Lead {
-        no_tx_block: kind == DiscardKind::All,
-        session: Some(SessionEffect::Discard(kind)),
-        ..Lead::default()
-    }
+    Lead { no_tx_block: kind == DiscardKind::All, session: Some(SessionEffect::Discard(kind)), ..Lead::default() }
 }
 
 fn set_effect(toks: &[Token<'_>]) -> Option<SessionEffect> {
@@ -769,12 +709,7 @@ fn set_effect(toks: &[Token<'_>]) -> Option<SessionEffect> {
         b"local" => (2, true),
         _ => (1, false),
     };
-    let set = |name: &str, local: bool| {
-        Some(SessionEffect::Set {
-            name: name.to_string(),
-            local,
-        })
-    };
+    let set = |name: &str, local: bool| Some(SessionEffect::Set { name: name.to_string(), local });
     let session_kw = i == 2 && !local;
     match (kw(toks, i), kw(toks, i + 1)) {
         (b"authorization", _) if session_kw => set("session_authorization", false),
@@ -786,22 +721,13 @@ fn set_effect(toks: &[Token<'_>]) -> Option<SessionEffect> {
         (b"names", _) => set(CLIENT_ENCODING, local),
         (b"role", _) => set("role", local),
         (b"xml", b"option") => set("xmloption", local),
-        (b"schema", _) if toks.get(i + 1).is_some_and(Token::is_string) => {
-            set("search_path", local)
-        }
-        _ => dotted_name(toks, i, usize::MAX).map(|n| SessionEffect::Set {
-            name: n.text(),
-            local,
-        }),
+        (b"schema", _) if toks.get(i + 1).is_some_and(Token::is_string) => set("search_path", local),
+        _ => dotted_name(toks, i, usize::MAX).map(|n| SessionEffect::Set { name: n.text(), local }),
     }
 }
 
 fn reset_effect(toks: &[Token<'_>]) -> Option<SessionEffect> {
-    let reset = |name: &str| {
-        Some(SessionEffect::Reset {
-            name: name.to_string(),
-        })
-    };
+    let reset = |name: &str| Some(SessionEffect::Reset { name: name.to_string() });
     match (kw(toks, 1), kw(toks, 2)) {
         (b"all", _) => Some(SessionEffect::ResetAll),
         (b"session", b"authorization") => reset("session_authorization"),
@@ -815,19 +741,14 @@ fn deallocate(toks: &[Token<'_>]) -> Option<SessionEffect> {
     let i = if kw(toks, 1) == b"prepare" && toks.len() > 2 { 2 } else { 1 };
     match toks.get(i) {
         Some(t) if t.is_keyword("all") => Some(SessionEffect::Deallocate { name: None }),
-        Some(t) if t.is_identifier() => Some(SessionEffect::Deallocate {
-            name: Some(lossy_value(t)),
-        }),
+        Some(t) if t.is_identifier() => Some(SessionEffect::Deallocate { name: Some(lossy_value(t)) }),
         _ => None,
     }
 }
 
 /// `WITH HOLD` counts only before `FOR`; the query itself may contain `WITH hold AS (...)`.
 fn declare(toks: &[Token<'_>]) -> Option<SessionEffect> {
-    let head = toks
-        .iter()
-        .position(|t| t.is_keyword("for"))
-        .unwrap_or(toks.len());
+    let head = toks.iter().position(|t| t.is_keyword("for")).unwrap_or(toks.len());
     toks[..head]
         .windows(2)
         .any(|w| w[0].is_keyword("with") && w[1].is_keyword("hold"))
@@ -857,9 +778,613 @@ fn advisory_lock(toks: &[Token<'_>]) -> Option<SessionEffect> {
         .any(|w| {
             w[0].is_identifier()
                 && w[1].is_punct(b'(')
-                && w[0]
-                    .value_bytes()
-                    .is_some_and(|v| ADVISORY_LOCKS.iter().any(|f| name_eq(v, f.as_bytes())))
+                && w[0].value_bytes().is_some_and(|v| ADVISORY_LOCKS.iter().any(|f| name_eq(v, f.as_bytes())))
         })
         .then_some(SessionEffect::AdvisoryLock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TENANT: &str = "app.current_tenant_id";
+
+    fn inspector() -> Inspector {
+        Inspector::new("App.Current_Tenant_Id")
+    }
+
+    fn inspect(sql: &str) -> Inspection {
+        inspector().inspect(sql.as_bytes(), true)
+    }
+
+    fn only(sql: &str) -> Statement {
+        let mut inspection = inspect(sql);
+        assert!(!inspection.lex_error, "lex error in {sql:?}");
+        assert_eq!(inspection.statements.len(), 1, "{sql:?}: {:?}", inspection.statements);
+        inspection.statements.remove(0)
+    }
+
+    fn refusal(sql: &str) -> Option<Refusal> {
+        inspect(sql).refusal().cloned()
+    }
+
+    fn assert_refused(sql: &str, setting: &str, reason: RefusalReason) {
+        let r = refusal(sql).unwrap_or_else(|| panic!("not refused: {sql:?}"));
+        assert_eq!((r.setting.as_str(), r.reason), (setting, reason), "{sql:?}");
+    }
+
+    fn texts(sql: &str) -> Vec<&str> {
+        inspect(sql).statements.iter().map(|s| &sql[s.span.clone()]).collect()
+    }
+
+    #[test]
+    fn refuses_every_spelling_of_set_on_the_tenant_setting() {
+        for sql in [
+            "SET app.current_tenant_id = 'x'",
+            "set APP.CURRENT_TENANT_ID to 'x'",
+            "SET \"app\".\"current_tenant_id\" = 'x'",
+            "SET \"app.current_tenant_id\" = 'x'",
+            "SET U&\"\\0061pp\".current_tenant_id = 'x'",
+            "SET U&\"!0061pp\" UESCAPE '!' . current_tenant_id = 'x'",
+            "SET app /*c*/ . /* d /* nested */ */ current_tenant_id = 'x'",
+            "SET app -- c\n . current_tenant_id = 'x'",
+            "SET SESSION app.current_tenant_id = 'x'",
+            "SET LOCAL app.current_tenant_id = 'x'",
+            "SET app.current_tenant_id TO DEFAULT",
+            "SET app.current_tenant_id FROM CURRENT",
+            "RESET app.current_tenant_id",
+            "reset \"app\".current_tenant_id",
+            "ALTER ROLE bob SET app.current_tenant_id = 'x'",
+            "ALTER USER bob SET app.current_tenant_id = 'x'",
+            "ALTER DATABASE d SET app.current_tenant_id = 'x'",
+            "ALTER ROLE bob IN DATABASE d RESET app.current_tenant_id",
+            "ALTER ROLE ALL SET app.current_tenant_id TO 'x'",
+            "ALTER SYSTEM SET app.current_tenant_id = 'x'",
+            "ALTER FUNCTION f() SET app.current_tenant_id = 'x'",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET app.current_tenant_id = 'x' AS $$select 1$$",
+            "CREATE PROCEDURE p() LANGUAGE sql SET app.current_tenant_id FROM CURRENT AS 'select 1'",
+            "select 1; SET app.current_tenant_id = 'x'",
+        ] {
+            assert_refused(sql, TENANT, RefusalReason::SetCommand);
+        }
+    }
+
+    #[test]
+    fn refuses_changes_to_standard_conforming_strings() {
+        for sql in [
+            "SET standard_conforming_strings = off",
+            "SET SESSION Standard_Conforming_Strings TO off",
+            "RESET standard_conforming_strings",
+            "ALTER ROLE r SET \"standard_conforming_strings\" = off",
+            "select set_config('standard_conforming_strings', 'off', false)",
+        ] {
+            assert_eq!(refusal(sql).unwrap().setting, SCS_SETTING, "{sql}");
+        }
+    }
+
+    #[test]
+    fn refuses_set_config_on_protected_or_unknown_names() {
+        for sql in [
+            "select set_config('app.current_tenant_id', '2', false)",
+            "select SET_CONFIG('APP.CURRENT_TENANT_ID', '2', false)",
+            "select pg_catalog.set_config('app.current_tenant_id', '2', true)",
+            "select \"pg_catalog\".\"set_config\"('app.current_tenant_id', '2', true)",
+            "select U&\"set\\005fconfig\"('app.current_tenant_id', '2', true)",
+            "select set_config /* x */ ( /* y */ 'app.current_tenant_id' -- z\n, '2', true)",
+            "select set_config(E'app.current\\x5ftenant_id', '2', false)",
+            "select set_config($q$app.current_tenant_id$q$, '2', false)",
+            "select set_config('app.'\n'current_tenant_id', '2', false)",
+        ] {
+            assert_refused(sql, TENANT, RefusalReason::SetConfig);
+        }
+        for sql in [
+            "select set_config($1, $2, false)",
+            "select set_config('app.' || 'current_tenant_id', '2', false)",
+            "select set_config(lower('APP.CURRENT_TENANT_ID'), '2', false)",
+            "select set_config('search_path'::text, 'x', false)",
+            "select set_config(name, '2', false) from t",
+            "select set_config(U&'app.current_tenant_id', '2', false)",
+            "select set_config(setting_name => 'search_path', new_value => 'x', is_local => false)",
+            "select set_config",
+            "select set_config('search_path')",
+            "select x.set_config from x",
+            "select set_config(N'search_path', 'x', false)",
+        ] {
+            assert_refused(sql, TENANT, RefusalReason::DynamicSetConfig);
+        }
+    }
+
+    #[test]
+    fn refuses_unsafe_client_encodings() {
+        for sql in [
+            "SET client_encoding = 'SJIS'",
+            "SET client_encoding TO sjis",
+            "set CLIENT_ENCODING to \"Shift_JIS\"",
+            "SET client_encoding = 'big5'",
+            "SET client_encoding = 'GBK'",
+            "SET client_encoding = 'UHC'",
+            "SET client_encoding = 'GB18030'",
+            "SET client_encoding = 'johab'",
+            "SET client_encoding = 'win-932'",
+            "SET client_encoding = E'sjis'",
+            "SET client_encoding = $1",
+            "SET LOCAL client_encoding = 'utf8', 'sjis'",
+            "SET NAMES 'sjis'",
+            "SET LOCAL NAMES 'BIG5'",
+            "ALTER ROLE r SET client_encoding = 'sjis'",
+            "select set_config('client_encoding', 'SJIS', false)",
+            "select set_config('client_encoding', $1, false)",
+            "select set_config('client_encoding', 'SJ' || 'IS', false)",
+        ] {
+            assert_refused(sql, CLIENT_ENCODING, RefusalReason::UnsafeClientEncoding);
+        }
+        for sql in [
+            "SET client_encoding = 'UTF8'",
+            "SET client_encoding TO DEFAULT",
+            "SET client_encoding FROM CURRENT",
+            "SET NAMES 'LATIN1'",
+            "SET NAMES DEFAULT",
+            "SET NAMES",
+            "UPDATE people SET names = $1",
+            "select set_config('client_encoding', 'utf8', false)",
+        ] {
+            assert_eq!(refusal(sql), None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn refuses_updates_of_pg_settings() {
+        for sql in [
+            "UPDATE pg_settings SET setting = '2' WHERE name = 'app.current_tenant_id'",
+            "update pg_catalog.pg_settings set setting = '2'",
+            "WITH x AS (UPDATE \"pg_settings\" SET setting = '2' RETURNING 1) SELECT 1",
+        ] {
+            assert_refused(sql, TENANT, RefusalReason::SettingsCatalog);
+        }
+        assert_eq!(refusal("SELECT name, setting FROM pg_settings"), None);
+    }
+
+    #[test]
+    fn allows_harmless_statements() {
+        for sql in [
+            "SET search_path = a, b",
+            "SET app.other = 'x'",
+            "SET app.current_tenant_id_2 = 'x'",
+            "SET app.current_tenant = 'x'",
+            "SET x.app.current_tenant_id = 'x'",
+            "SET \"app. current_tenant_id\" = 'x'",
+            "RESET ALL",
+            "DISCARD ALL",
+            "SELECT 'set app.current_tenant_id = 1'",
+            "SELECT E'set app.current_tenant_id = 1\\''",
+            "SELECT 1 -- set app.current_tenant_id = 1",
+            "SELECT /* set app.current_tenant_id = 1 */ 1",
+            "SELECT $x$ set_config('app.current_tenant_id','b',false) $x$",
+            "select current_setting('app.current_tenant_id')",
+            "SHOW app.current_tenant_id",
+            "select set_config('search_path', 'x', false)",
+            "select set_config(E'search_path', $$x$$, false)",
+            "UPDATE t SET a = 1, b = 2",
+            "UPDATE t SET (a, b) = (1, 2)",
+            "SELECT \"set\" FROM t",
+        ] {
+            assert_eq!(refusal(sql), None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn protected_names_beginning_with_session_or_local_are_still_found() {
+        let insp = Inspector::new("local.tenant");
+        for sql in ["SET local.tenant = 1", "SET LOCAL local.tenant = 1", "SET session local.tenant = 1"] {
+            let r = insp.inspect(sql.as_bytes(), true).refusal().cloned();
+            assert_eq!(r.map(|r| r.setting), Some("local.tenant".to_string()), "{sql}");
+        }
+    }
+
+    #[test]
+    fn identifier_truncation_and_locale_lowercasing_are_accounted_for() {
+        let long = "t".repeat(63);
+        let insp = Inspector::new(&format!("app.{long}"));
+        let sql = format!("SET app.{long}xyz = 1");
+        assert!(insp.inspect(sql.as_bytes(), true).refusal().is_some());
+        let longer = Inspector::new(&format!("app.{long}zz"));
+        assert!(longer.inspect(sql.as_bytes(), true).refusal().is_some());
+        // A single-byte-encoding server may lowercase a high byte into an ASCII letter.
+        assert!(refusal("SET app.current_tenant_\u{130}d = 1").is_none());
+        assert!(inspector().inspect(b"SET app.current_tenant_\xddd = 1", true).refusal().is_some());
+        // Undecodable U& identifiers are rejected by the server anyway; treat as a match.
+        assert!(refusal("SET U&\"\\zzzz\".x = 1").is_some());
+    }
+
+    #[test]
+    fn refusal_messages_name_the_setting() {
+        let r = refusal("SET app.current_tenant_id = 1").unwrap();
+        assert_eq!(
+            r.message(),
+            "changing \"app.current_tenant_id\" is not allowed through pgtenant; the tenant comes from your token"
+        );
+        assert_eq!(r.to_string(), r.message());
+        for sql in [
+            "select set_config($1, 'x', false)",
+            "SET client_encoding = 'sjis'",
+            "update pg_settings set setting = 1",
+            "SET standard_conforming_strings = off",
+        ] {
+            let r = refusal(sql).unwrap();
+            assert!(r.message().contains(&format!("\"{}\"", r.setting)), "{}", r.message());
+        }
+        assert_eq!(inspector().tenant_setting(), TENANT);
+    }
+
+    #[test]
+    fn splits_on_top_level_semicolons_with_exact_spans() {
+        let sql = "  SELECT 1 ; ;; /* c */ ;\n select 'a;b' , \"x;y\" -- ;\n ; SELECT $$;$$ /* ; */";
+        assert_eq!(texts(sql), ["SELECT 1", "select 'a;b' , \"x;y\"", "SELECT $$;$$"]);
+        assert!(inspect("").statements.is_empty());
+        assert!(inspect(" ; -- x\n ; /* y */").statements.is_empty());
+        assert_eq!(texts("begin;"), ["begin"]);
+    }
+
+    #[test]
+    fn semicolons_in_parentheses_do_not_split() {
+        let sql =
+            "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); INSERT INTO b VALUES (2)); SELECT 1";
+        assert_eq!(
+            texts(sql),
+            [
+                "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); INSERT INTO b VALUES (2))",
+                "SELECT 1"
+            ]
+        );
+        // Unbalanced closing parentheses never go negative.
+        assert_eq!(texts("select ) ; select 2"), ["select )", "select 2"]);
+    }
+
+    #[test]
+    fn sql_standard_routine_bodies_do_not_split() {
+        let body =
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT CASE WHEN true THEN 2 END; END";
+        assert_eq!(texts(&format!("{body}; COMMIT")), [body, "COMMIT"]);
+        let proc = "create or replace procedure p() begin atomic insert into t values (1); select 1 as end; end";
+        assert_eq!(texts(&format!("{proc};select 2")), [proc, "select 2"]);
+        // A routine merely named `begin` has no body to protect.
+        let named = "CREATE FUNCTION begin() RETURNS int LANGUAGE sql AS 'select 1'";
+        let stmts = inspect(&format!("{named}; COMMIT")).statements;
+        assert_eq!(stmts.len(), 2);
+        assert_eq!(stmts[1].tx, TxControl::End);
+        // BEGIN ATOMIC outside a routine definition is not special.
+        assert_eq!(texts("select begin atomic; select 2").len(), 2);
+        // The BEGIN inside the body is not a transaction start.
+        assert_eq!(only(body).tx, TxControl::None);
+    }
+
+    #[test]
+    fn classifies_transaction_control() {
+        for (sql, tx) in [
+            ("BEGIN", TxControl::Begin),
+            ("begin", TxControl::Begin),
+            ("BEGIN ISOLATION LEVEL SERIALIZABLE", TxControl::Begin),
+            ("BEGIN WORK READ ONLY", TxControl::Begin),
+            ("START TRANSACTION", TxControl::Begin),
+            ("start transaction isolation level repeatable read", TxControl::Begin),
+            ("COMMIT", TxControl::End),
+            ("COMMIT WORK", TxControl::End),
+            ("END", TxControl::End),
+            ("END TRANSACTION", TxControl::End),
+            ("ABORT", TxControl::End),
+            ("ROLLBACK", TxControl::End),
+            ("COMMIT AND CHAIN", TxControl::EndAndChain),
+            ("ROLLBACK TRANSACTION AND CHAIN", TxControl::EndAndChain),
+            ("abort and chain", TxControl::EndAndChain),
+            ("COMMIT AND NO CHAIN", TxControl::End),
+            ("ROLLBACK TO SAVEPOINT a", TxControl::None),
+            ("ROLLBACK WORK TO a", TxControl::None),
+            ("SAVEPOINT a", TxControl::None),
+            ("RELEASE SAVEPOINT a", TxControl::None),
+            ("PREPARE TRANSACTION 'x'", TxControl::End),
+            ("COMMIT PREPARED 'x'", TxControl::None),
+            ("ROLLBACK PREPARED 'x'", TxControl::None),
+            ("SELECT 1", TxControl::None),
+            ("/* c */ BEGIN", TxControl::Begin),
+        ] {
+            assert_eq!(only(sql).tx, tx, "{sql}");
+        }
+        let tx: Vec<TxControl> = inspect("BEGIN; SELECT 1; COMMIT").statements.iter().map(|s| s.tx).collect();
+        assert_eq!(tx, [TxControl::Begin, TxControl::None, TxControl::End]);
+    }
+
+    #[test]
+    fn flags_statements_that_cannot_run_in_a_transaction_block() {
+        for sql in [
+            "VACUUM",
+            "vacuum (analyze) t",
+            "CREATE DATABASE d",
+            "DROP DATABASE d",
+            "ALTER DATABASE d SET TABLESPACE ts",
+            "CREATE TABLESPACE ts LOCATION '/x'",
+            "DROP TABLESPACE ts",
+            "CREATE INDEX CONCURRENTLY i ON t (a)",
+            "CREATE UNIQUE INDEX CONCURRENTLY i ON t (a)",
+            "DROP INDEX CONCURRENTLY i",
+            "REINDEX INDEX CONCURRENTLY i",
+            "REINDEX (VERBOSE) TABLE CONCURRENTLY t",
+            "REINDEX DATABASE d",
+            "REINDEX SYSTEM d",
+            "REINDEX (VERBOSE) SCHEMA s",
+            "ALTER SYSTEM SET work_mem = '1MB'",
+            "CLUSTER",
+            "CLUSTER VERBOSE",
+            "CLUSTER (VERBOSE)",
+            "COMMIT PREPARED 'x'",
+            "ROLLBACK PREPARED 'x'",
+            "DISCARD ALL",
+            "CREATE SUBSCRIPTION s CONNECTION 'c' PUBLICATION p",
+            "ALTER SUBSCRIPTION s REFRESH PUBLICATION",
+            "DROP SUBSCRIPTION s",
+            "ALTER TABLE p DETACH PARTITION c CONCURRENTLY",
+        ] {
+            assert!(only(sql).no_tx_block, "{sql}");
+        }
+        for sql in [
+            "CREATE INDEX i ON t (a)",
+            "DROP INDEX i",
+            "REINDEX TABLE t",
+            "ALTER DATABASE d SET work_mem = '1MB'",
+            "CLUSTER t",
+            "CLUSTER VERBOSE t USING i",
+            "CLUSTER (VERBOSE) t",
+            "DISCARD PLANS",
+            "SELECT 'VACUUM'",
+            "ANALYZE t",
+        ] {
+            assert!(!only(sql).no_tx_block, "{sql}");
+        }
+    }
+
+    fn set(name: &str, local: bool) -> Option<SessionEffect> {
+        Some(SessionEffect::Set { name: name.to_string(), local })
+    }
+
+    #[test]
+    fn classifies_session_effects() {
+        use SessionEffect as E;
+        let reset = |name: &str| Some(E::Reset { name: name.to_string() });
+        for (sql, effect) in [
+            ("SET search_path = a", set("search_path", false)),
+            ("SET SESSION Work_Mem TO '1MB'", set("work_mem", false)),
+            ("SET LOCAL statement_timeout = 5", set("statement_timeout", true)),
+            ("SET \"MyExt\".opt = 1", set("MyExt.opt", false)),
+            ("SET TIME ZONE 'UTC'", set("timezone", false)),
+            ("SET NAMES 'UTF8'", set("client_encoding", false)),
+            ("SET SCHEMA 'a'", set("search_path", false)),
+            ("SET ROLE bob", set("role", false)),
+            ("SET SESSION AUTHORIZATION bob", set("session_authorization", false)),
+            ("SET TRANSACTION READ ONLY", set("transaction", true)),
+            ("SET CONSTRAINTS ALL DEFERRED", set("constraints", true)),
+            ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", set("session_characteristics", false)),
+            ("RESET work_mem", reset("work_mem")),
+            ("RESET TIME ZONE", reset("timezone")),
+            ("RESET SESSION AUTHORIZATION", reset("session_authorization")),
+            ("RESET ALL", Some(E::ResetAll)),
+            ("DISCARD ALL", Some(E::Discard(DiscardKind::All))),
+            ("DISCARD PLANS", Some(E::Discard(DiscardKind::Plans))),
+            ("DISCARD TEMP", Some(E::Discard(DiscardKind::Temp))),
+            ("DISCARD TEMPORARY", Some(E::Discard(DiscardKind::Temp))),
+            ("DISCARD SEQUENCES", Some(E::Discard(DiscardKind::Sequences))),
+            ("LISTEN chan", Some(E::Listen)),
+            ("UNLISTEN *", Some(E::Unlisten)),
+            ("PREPARE Q1 (int) AS SELECT $1", Some(E::Prepare { name: "q1".into() })),
+            ("PREPARE \"Q1\" AS SELECT 1", Some(E::Prepare { name: "Q1".into() })),
+            ("DEALLOCATE q1", Some(E::Deallocate { name: Some("q1".into()) })),
+            ("DEALLOCATE PREPARE q1", Some(E::Deallocate { name: Some("q1".into()) })),
+            ("DEALLOCATE ALL", Some(E::Deallocate { name: None })),
+            ("DEALLOCATE PREPARE ALL", Some(E::Deallocate { name: None })),
+            ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", Some(E::DeclareWithHold)),
+            ("DECLARE c NO SCROLL CURSOR WITHOUT HOLD FOR SELECT 1", None),
+            ("DECLARE c CURSOR FOR WITH hold AS (SELECT 1) SELECT * FROM hold", None),
+            ("CREATE TEMP TABLE t (a int)", Some(E::CreateTemp)),
+            ("CREATE TEMPORARY VIEW v AS SELECT 1", Some(E::CreateTemp)),
+            ("CREATE LOCAL TEMP SEQUENCE s", Some(E::CreateTemp)),
+            ("CREATE GLOBAL TEMPORARY TABLE t (a int)", Some(E::CreateTemp)),
+            ("CREATE OR REPLACE TEMP VIEW v AS SELECT 1", Some(E::CreateTemp)),
+            ("CREATE TABLE t (a int)", None),
+            ("SELECT 1 INTO TEMP t", Some(E::CreateTemp)),
+            ("SELECT 1 INTO TEMPORARY TABLE t", Some(E::CreateTemp)),
+            ("WITH x AS (SELECT 1) SELECT * INTO LOCAL TEMP t FROM x", Some(E::CreateTemp)),
+            ("INSERT INTO temp VALUES (1)", None),
+            ("SELECT pg_advisory_lock(1)", Some(E::AdvisoryLock)),
+            ("SELECT pg_catalog.PG_TRY_ADVISORY_LOCK_SHARED(1, 2)", Some(E::AdvisoryLock)),
+            ("SELECT pg_advisory_xact_lock(1)", None),
+            ("SELECT 'pg_advisory_lock(1)'", None),
+            ("SELECT 1", None),
+        ] {
+            assert_eq!(only(sql).session, effect, "{sql}");
+        }
+    }
+
+    #[test]
+    fn lex_errors_are_reported_with_the_statements_before_them() {
+        let inspection = inspect("SELECT 1; SELECT 'unterminated");
+        assert!(inspection.lex_error);
+        assert_eq!(inspection.statements.len(), 2);
+        for sql in ["SELECT $$x", "SELECT \"x", "/* /* */", "SELECT E'\\'", "SELECT \"\""] {
+            assert!(inspect(sql).lex_error, "{sql}");
+        }
+        assert!(inspector().inspect(b"SELECT U&'x'", false).lex_error);
+    }
+
+    #[test]
+    fn non_standard_strings_change_where_literals_end() {
+        let sql = b"SELECT 'a\\'; SET app.current_tenant_id = 1; --'";
+        let off = inspector().inspect(sql, false);
+        assert_eq!(off.statements.len(), 1);
+        assert!(off.refusal().is_none());
+        let on = inspector().inspect(sql, true);
+        assert!(on.refusal().is_some());
+        // The reverse: one literal when standard, a visible SET when not.
+        let hidden = b"SELECT 'a\\'' ; SET app.current_tenant_id = 1; --'";
+        assert!(inspector().inspect(hidden, true).refusal().is_none());
+        assert!(inspector().inspect(hidden, false).refusal().is_some());
+        let e_continued = "SELECT E'a'\n'\\'; SET app.current_tenant_id = 1; --'";
+        assert!(refusal(e_continued).is_none(), "continuation keeps E'' rules");
+    }
+
+    #[test]
+    fn hostile_inputs_do_not_panic() {
+        let insp = inspector();
+        let nested = "/*".repeat(100_000);
+        assert!(insp.inspect(nested.as_bytes(), true).lex_error);
+        let parens = "(".repeat(100_000) + ";" + &")".repeat(100_000);
+        assert_eq!(insp.inspect(parens.as_bytes(), true).statements.len(), 1);
+        let sets = "set ".repeat(50_000) + &"session ".repeat(50_000);
+        assert!(insp.inspect(sets.as_bytes(), true).refusal().is_none());
+        let dotted = "set ".to_string() + &"set.".repeat(50_000) + "x";
+        let _ = insp.inspect(dotted.as_bytes(), true);
+        let names = "set names a,".repeat(20_000);
+        let _ = insp.inspect(names.as_bytes(), true);
+        let atomic = "create function f() begin atomic ".to_string() + &"case ".repeat(50_000);
+        assert_eq!(insp.inspect(atomic.as_bytes(), true).statements.len(), 1);
+        for input in [
+            &b"\xff\xfe\xfd"[..],
+            b"set \xff.\xfe = 1",
+            b"set_config(\xff",
+            b"U&\"\\",
+            b";;;",
+            b"\0",
+            b"reset",
+            b"set",
+            b"set local",
+            b"cluster (",
+            b"reindex (",
+            b"deallocate prepare",
+            b"prepare",
+            b"select into",
+            b"declare",
+        ] {
+            let _ = insp.inspect(input, true);
+            let _ = insp.inspect(input, false);
+        }
+    }
+
+    /// xorshift64*: deterministic, dependency-free randomness for the fuzz loops.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    const FRAGMENTS: &[&str] = &[
+        "'",
+        "\"",
+        "$",
+        "$$",
+        "$a$",
+        "/*",
+        "*/",
+        "--",
+        "\n",
+        " ",
+        ";",
+        "(",
+        ")",
+        "E'",
+        "U&\"",
+        "U&'",
+        "B'",
+        "\\",
+        "''",
+        "set ",
+        "SET app.current_tenant_id = 1",
+        "set_config(",
+        "begin atomic ",
+        "create function f() ",
+        "end ",
+        "case ",
+        "uescape '!'",
+        ".",
+        ",",
+        "select ",
+        "$1",
+        "1e",
+        "0x",
+        "+-",
+        "\u{e9}",
+        "reset ",
+        "session ",
+        "local ",
+    ];
+
+    #[test]
+    fn fuzz_random_inputs_never_panic_and_spans_are_sane() {
+        let insp = inspector();
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for _ in 0..3000 {
+            let mut input = Vec::new();
+            for _ in 0..rng.below(40) {
+                if rng.below(3) == 0 {
+                    input.push(rng.next() as u8);
+                } else {
+                    input.extend_from_slice(FRAGMENTS[rng.below(FRAGMENTS.len())].as_bytes());
+                }
+            }
+            for scs in [true, false] {
+                let inspection = insp.inspect(&input, scs);
+                let mut prev_end = 0;
+                for stmt in &inspection.statements {
+                    assert!(prev_end <= stmt.span.start && stmt.span.start < stmt.span.end);
+                    assert!(stmt.span.end <= input.len());
+                    prev_end = stmt.span.end;
+                }
+                if let Some(r) = inspection.refusal() {
+                    assert!(!r.message().is_empty());
+                }
+            }
+        }
+    }
+
+    /// Complete statements whose strings, comments and quotes must not disturb splitting.
+    const SAFE_STATEMENTS: &[&str] = &[
+        "SELECT 1",
+        "SELECT 'a;b''c'",
+        "SELECT E'x\\';y'",
+        "SELECT $$;'\"$$",
+        "SELECT $t$ $$ ; $t$",
+        "SELECT \"we;ird\"\"\" FROM t",
+        "SELECT 1 /* ; /* ; */ ' */",
+        "SELECT 1 -- ; '\n",
+        "SELECT 'a'\n'b;'",
+        "SELECT U&'\\0041;'",
+        "SELECT B'01'",
+        "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); NOTIFY c)",
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END",
+        "SELECT set_config('search_path', 'x', false)",
+    ];
+
+    #[test]
+    fn fuzz_forbidden_statement_is_found_wherever_it_is_placed() {
+        let insp = inspector();
+        let mut rng = Rng(42);
+        for _ in 0..2000 {
+            let mut parts: Vec<&str> =
+                (0..rng.below(5)).map(|_| SAFE_STATEMENTS[rng.below(SAFE_STATEMENTS.len())]).collect();
+            let clean = parts.join(";\n");
+            assert!(insp.inspect(clean.as_bytes(), true).refusal().is_none(), "{clean}");
+            let at = rng.below(parts.len() + 1);
+            parts.insert(at, "/* x */ SET app.current_tenant_id = 7");
+            let sql = parts.join(";\n");
+            let inspection = insp.inspect(sql.as_bytes(), true);
+            assert!(!inspection.lex_error, "{sql}");
+            assert_eq!(inspection.statements.len(), parts.len(), "{sql}");
+            assert!(inspection.statements[at].refusal.is_some(), "{sql}");
+        }
+    }
 }

@@ -4,6 +4,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 
+use self::TokenKind as K;
+
 /// Longest identifier PostgreSQL keeps (NAMEDATALEN - 1); longer ones are truncated by
 /// the server. Token values are *not* truncated; callers comparing names must allow for it.
 pub const MAX_IDENT_LEN: usize = 63;
@@ -44,6 +46,9 @@ pub enum TokenKind {
     Other,
 }
 
+/// A token's decoded value (see [`Token::value`]).
+type Value<'a> = Option<Cow<'a, [u8]>>;
+
 /// One token: its kind, where it is in the input, and its decoded value if meaningful.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token<'a> {
@@ -60,33 +65,30 @@ pub struct Token<'a> {
 impl Token<'_> {
     /// True for an unquoted identifier spelling the keyword `kw` (given in lowercase).
     pub fn is_keyword(&self, kw: &str) -> bool {
-        self.kind == TokenKind::Ident && self.value.as_deref() == Some(kw.as_bytes())
+        self.kind == K::Ident && self.value.as_deref() == Some(kw.as_bytes())
     }
 
     /// True for the punctuation byte `c`.
     pub fn is_punct(&self, c: u8) -> bool {
-        self.kind == TokenKind::Punct(c)
+        self.kind == K::Punct(c)
     }
 
     /// True for any identifier form: unquoted, quoted or Unicode-escaped.
     pub fn is_identifier(&self) -> bool {
-        matches!(
-            self.kind,
-            TokenKind::Ident | TokenKind::QuotedIdent | TokenKind::UnicodeIdent
-        )
+        matches!(self.kind, K::Ident | K::QuotedIdent | K::UnicodeIdent)
     }
 
     /// True for any string literal form.
     pub fn is_string(&self) -> bool {
         matches!(
             self.kind,
-            TokenKind::String
-                | TokenKind::EscapeString
-                | TokenKind::UnicodeString
-                | TokenKind::BitString
-                | TokenKind::HexString
-                | TokenKind::NationalString
-                | TokenKind::DollarString
+            K::String
+                | K::EscapeString
+                | K::UnicodeString
+                | K::BitString
+                | K::HexString
+                | K::NationalString
+                | K::DollarString
         )
     }
 
@@ -130,9 +132,7 @@ impl fmt::Display for LexError {
             LexErrorKind::UnterminatedQuotedIdent => "unterminated quoted identifier",
             LexErrorKind::UnterminatedDollarQuote => "unterminated dollar-quoted string",
             LexErrorKind::ZeroLengthIdent => "zero-length delimited identifier",
-            LexErrorKind::UnicodeStringWithoutScs => {
-                "U&'' string while standard_conforming_strings is off"
-            }
+            LexErrorKind::UnicodeStringWithoutScs => "U&'' string with standard_conforming_strings off",
         };
         write!(f, "{what} at byte {}", self.offset)
     }
@@ -140,8 +140,12 @@ impl fmt::Display for LexError {
 
 impl std::error::Error for LexError {}
 
+fn err(kind: LexErrorKind, offset: usize) -> LexError {
+    LexError { kind, offset }
+}
+
 /// All tokens of an input, and the error that stopped lexing early, if any.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Lexed<'a> {
     /// Tokens before the error (or all of them).
     pub tokens: Vec<Token<'a>>,
@@ -151,22 +155,14 @@ pub struct Lexed<'a> {
 
 /// Lexes the whole input at once. See [`Lexer`] for a streaming version.
 pub fn tokenize(input: &[u8], standard_conforming_strings: bool) -> Lexed<'_> {
-    let mut tokens = Vec::new();
+    let mut lexed = Lexed::default();
     for item in Lexer::new(input, standard_conforming_strings) {
         match item {
-            Ok(token) => tokens.push(token),
-            Err(error) => {
-                return Lexed {
-                    tokens,
-                    error: Some(error),
-                }
-            }
+            Ok(token) => lexed.tokens.push(token),
+            Err(error) => lexed.error = Some(error),
         }
     }
-    Lexed {
-        tokens,
-        error: None,
-    }
+    lexed
 }
 
 /// How the body of a single-quoted literal is scanned.
@@ -205,10 +201,9 @@ struct OpRun {
 
 impl OpRun {
     fn at(s: &[u8], start: usize) -> Self {
-        let run_end = (start..s.len()).find(|&j| !is_op_char(s[j])).unwrap_or(s.len());
-        let end = (start + 1..run_end)
-            .find(|&j| matches!((s[j], s.get(j + 1)), (b'/', Some(b'*')) | (b'-', Some(b'-'))))
-            .unwrap_or(run_end);
+        let run_end = scan_while(s, start, is_op_char);
+        let comment = |j: &usize| matches!(&s[*j..], [b'/', b'*', ..] | [b'-', b'-', ..]);
+        let end = (start + 1..run_end).find(comment).unwrap_or(run_end);
         OpRun {
             start,
             end,
@@ -226,16 +221,12 @@ impl<'a> Iterator for Lexer<'a> {
             return None;
         }
         let item = match self.raw_token() {
-            Some(Ok(tok))
-                if matches!(tok.kind, TokenKind::UnicodeIdent | TokenKind::UnicodeString) =>
-            {
+            Some(Ok(tok)) if matches!(tok.kind, K::UnicodeIdent | K::UnicodeString) => {
                 Some(Ok(self.finish_unicode(tok)))
             }
             other => other,
         };
-        if !matches!(item, Some(Ok(_))) {
-            self.done = true;
-        }
+        self.done = !matches!(item, Some(Ok(_)));
         item
     }
 }
@@ -243,22 +234,19 @@ impl<'a> Iterator for Lexer<'a> {
 impl<'a> Lexer<'a> {
     /// Starts lexing `input`; `standard_conforming_strings` is the session's current value.
     pub fn new(input: &'a [u8], standard_conforming_strings: bool) -> Self {
-        Lexer {
-            input,
-            pos: 0,
-            scs: standard_conforming_strings,
-            done: false,
-            op_run: None,
-        }
+        let scs = standard_conforming_strings;
+        Lexer { input, pos: 0, scs, done: false, op_run: None }
     }
 
-    fn token(&mut self, kind: TokenKind, span: Range<usize>, value: Option<Cow<'a, [u8]>>) -> Token<'a> {
+    fn token(&mut self, kind: TokenKind, span: Range<usize>, value: Value<'a>) -> Token<'a> {
         self.pos = span.end;
         Token { kind, span, value }
     }
 
-    fn err(&self, kind: LexErrorKind, offset: usize) -> LexError {
-        LexError { kind, offset }
+    /// A token whose value is its own source text.
+    fn text(&mut self, kind: TokenKind, span: Range<usize>) -> Token<'a> {
+        let text = Cow::Borrowed(&self.input[span.clone()]);
+        self.token(kind, span, Some(text))
     }
 
     /// Skips whitespace and both comment styles.
@@ -267,9 +255,7 @@ impl<'a> Lexer<'a> {
         loop {
             match (s.get(self.pos), s.get(self.pos + 1)) {
                 (Some(&c), _) if is_space(c) => self.pos += 1,
-                (Some(b'-'), Some(b'-')) => {
-                    self.pos = find_newline(s, self.pos).unwrap_or(s.len());
-                }
+                (Some(b'-'), Some(b'-')) => self.pos = find_newline(s, self.pos).unwrap_or(s.len()),
                 (Some(b'/'), Some(b'*')) => self.pos = skip_block_comment(s, self.pos)?,
                 _ => return Ok(()),
             }
@@ -281,98 +267,80 @@ impl<'a> Lexer<'a> {
         if let Err(e) = self.skip_trivia() {
             return Some(Err(e));
         }
-        let s = self.input;
-        let i = self.pos;
+        let (s, i) = (self.input, self.pos);
         let c = *s.get(i)?;
         let next = s.get(i + 1).copied();
         let quote_next = next == Some(b'\'');
-        let result = match c {
-            b'\'' => self.lex_string(i, i, TokenKind::String),
-            b'"' => self.lex_quoted_ident(i, i, TokenKind::QuotedIdent),
-            b'e' | b'E' if quote_next => self.lex_string(i, i + 1, TokenKind::EscapeString),
-            b'b' | b'B' if quote_next => self.lex_string(i, i + 1, TokenKind::BitString),
-            b'x' | b'X' if quote_next => self.lex_string(i, i + 1, TokenKind::HexString),
-            b'n' | b'N' if quote_next => self.lex_string(i, i + 1, TokenKind::NationalString),
+        let two_char_op = matches!((c, next), (b':', Some(b':' | b'=')) | (b'.', Some(b'.')));
+        Some(match c {
+            b'\'' => self.lex_string(i, i, K::String),
+            b'"' => self.lex_quoted_ident(i, i, K::QuotedIdent),
+            b'e' | b'E' if quote_next => self.lex_string(i, i + 1, K::EscapeString),
+            b'b' | b'B' if quote_next => self.lex_string(i, i + 1, K::BitString),
+            b'x' | b'X' if quote_next => self.lex_string(i, i + 1, K::HexString),
+            b'n' | b'N' if quote_next => self.lex_string(i, i + 1, K::NationalString),
             b'u' | b'U' if next == Some(b'&') => match s.get(i + 2) {
-                Some(b'\'') if !self.scs => Err(self.err(LexErrorKind::UnicodeStringWithoutScs, i)),
-                Some(b'\'') => self.lex_string(i, i + 2, TokenKind::UnicodeString),
-                Some(b'"') => self.lex_quoted_ident(i, i + 2, TokenKind::UnicodeIdent),
+                Some(b'\'') if !self.scs => Err(err(LexErrorKind::UnicodeStringWithoutScs, i)),
+                Some(b'\'') => self.lex_string(i, i + 2, K::UnicodeString),
+                Some(b'"') => self.lex_quoted_ident(i, i + 2, K::UnicodeIdent),
                 _ => Ok(self.lex_ident(i)),
             },
             b'$' => self.lex_dollar(i),
             b'0'..=b'9' => Ok(self.lex_number(i)),
             b'.' if next.is_some_and(|d| d.is_ascii_digit()) => Ok(self.lex_number(i)),
             _ if is_ident_start(c) => Ok(self.lex_ident(i)),
-            b':' if matches!(next, Some(b':') | Some(b'=')) => {
-                Ok(self.token(TokenKind::Operator, i..i + 2, Some(Cow::Borrowed(&s[i..i + 2]))))
-            }
-            b'.' if next == Some(b'.') => {
-                Ok(self.token(TokenKind::Operator, i..i + 2, Some(Cow::Borrowed(&s[i..i + 2]))))
-            }
-            b'(' | b')' | b'[' | b']' | b',' | b';' | b'.' | b':' => {
-                Ok(self.token(TokenKind::Punct(c), i..i + 1, None))
-            }
+            _ if two_char_op => Ok(self.text(K::Operator, i..i + 2)),
+            b'(' | b')' | b'[' | b']' | b',' | b';' | b'.' | b':' => Ok(self.token(K::Punct(c), i..i + 1, None)),
             _ if is_op_char(c) => Ok(self.lex_operator(i)),
-            _ => Ok(self.token(TokenKind::Other, i..i + 1, None)),
-        };
-        Some(result)
+            _ => Ok(self.token(K::Other, i..i + 1, None)),
+        })
     }
 
     fn lex_ident(&mut self, i: usize) -> Token<'a> {
-        let s = self.input;
-        let end = (i + 1..s.len()).find(|&j| !is_ident_cont(s[j])).unwrap_or(s.len());
-        let raw = &s[i..end];
+        let end = scan_while(self.input, i + 1, is_ident_cont);
+        let raw = &self.input[i..end];
         let value = if raw.iter().any(u8::is_ascii_uppercase) {
             Cow::Owned(raw.to_ascii_lowercase())
         } else {
             Cow::Borrowed(raw)
         };
-        self.token(TokenKind::Ident, i..end, Some(value))
+        self.token(K::Ident, i..end, Some(value))
     }
 
     /// `"..."` and `U&"..."`: `""` stands for one quote; empty identifiers are errors.
-    fn lex_quoted_ident(&mut self, start: usize, quote: usize, kind: TokenKind) -> Result<Token<'a>, LexError> {
+    fn lex_quoted_ident(&mut self, start: usize, quote: usize, kind: TokenKind) -> Lexeme<'a> {
         let s = self.input;
         let mut i = quote + 1;
-        let mut doubled = false;
         let close = loop {
-            let j = find_byte(s, i, b'"')
-                .ok_or(self.err(LexErrorKind::UnterminatedQuotedIdent, start))?;
-            if s.get(j + 1) == Some(&b'"') {
-                doubled = true;
-                i = j + 2;
-            } else {
+            let j = find_byte(s, i, b'"').ok_or(err(LexErrorKind::UnterminatedQuotedIdent, start))?;
+            if s.get(j + 1) != Some(&b'"') {
                 break j;
             }
+            i = j + 2;
         };
         let raw = &s[quote + 1..close];
         if raw.is_empty() {
-            return Err(self.err(LexErrorKind::ZeroLengthIdent, start));
+            return Err(err(LexErrorKind::ZeroLengthIdent, start));
         }
-        let value = if doubled {
-            Cow::Owned(undouble(raw, b'"'))
-        } else {
-            Cow::Borrowed(raw)
-        };
+        let value = if i > quote + 1 { Cow::Owned(undouble(raw, b'"')) } else { Cow::Borrowed(raw) };
         Ok(self.token(kind, start..close + 1, Some(value)))
     }
 
     /// Single-quoted literals of every prefix, following string continuations
     /// (`'a'` newline `'b'`) which PostgreSQL scans in the *same* quoting mode.
-    fn lex_string(&mut self, start: usize, quote: usize, kind: TokenKind) -> Result<Token<'a>, LexError> {
+    fn lex_string(&mut self, start: usize, quote: usize, kind: TokenKind) -> Lexeme<'a> {
         let s = self.input;
         let mode = match kind {
-            TokenKind::EscapeString => Quoting::Escape,
-            TokenKind::BitString | TokenKind::HexString => Quoting::Bit,
-            TokenKind::UnicodeString => Quoting::Standard,
+            K::EscapeString => Quoting::Escape,
+            K::BitString | K::HexString => Quoting::Bit,
+            K::UnicodeString => Quoting::Standard,
             _ if self.scs => Quoting::Standard,
             _ => Quoting::Escape,
         };
         let mut segments = Vec::new();
         let mut from = quote + 1;
         let end = loop {
-            let close = scan_segment(s, from, mode)
-                .ok_or(self.err(LexErrorKind::UnterminatedString, start))?;
+            let close = scan_segment(s, from, mode).ok_or(err(LexErrorKind::UnterminatedString, start))?;
             segments.push(from..close);
             match continuation(s, close + 1) {
                 Some(next_from) => from = next_from,
@@ -384,29 +352,26 @@ impl<'a> Lexer<'a> {
     }
 
     /// `$n` parameters, dollar-quoted strings, or a lone `$`.
-    fn lex_dollar(&mut self, i: usize) -> Result<Token<'a>, LexError> {
+    fn lex_dollar(&mut self, i: usize) -> Lexeme<'a> {
         let s = self.input;
         if s.get(i + 1).is_some_and(u8::is_ascii_digit) {
-            let end = (i + 1..s.len()).find(|&j| !s[j].is_ascii_digit()).unwrap_or(s.len());
-            return Ok(self.token(TokenKind::Param, i..end, Some(Cow::Borrowed(&s[i..end]))));
+            return Ok(self.text(K::Param, i..scan_while(s, i + 1, |c| c.is_ascii_digit())));
         }
         let mut j = i + 1;
-        if s.get(j).is_some_and(|&c| is_dolq_start(c)) {
-            j = (j + 1..s.len()).find(|&k| !is_dolq_cont(s[k])).unwrap_or(s.len());
+        if s.get(j).is_some_and(|&c| is_ident_start(c)) {
+            j = scan_while(s, j, |c| is_ident_cont(c) && c != b'$');
         }
         if s.get(j) != Some(&b'$') {
             // Not a delimiter: PostgreSQL returns the `$` alone and rescans the rest.
-            return Ok(self.token(TokenKind::Other, i..i + 1, None));
+            return Ok(self.token(K::Other, i..i + 1, None));
         }
         let delim = &s[i..=j];
-        let body_start = j + 1;
-        let mut k = body_start;
+        let mut k = j + 1;
         loop {
-            let d = find_byte(s, k, b'$')
-                .ok_or(self.err(LexErrorKind::UnterminatedDollarQuote, i))?;
+            let d = find_byte(s, k, b'$').ok_or(err(LexErrorKind::UnterminatedDollarQuote, i))?;
             if s[d..].starts_with(delim) {
-                let body = Cow::Borrowed(&s[body_start..d]);
-                return Ok(self.token(TokenKind::DollarString, i..d + delim.len(), Some(body)));
+                let body = Cow::Borrowed(&s[j + 1..d]);
+                return Ok(self.token(K::DollarString, i..d + delim.len(), Some(body)));
             }
             k = d + 1;
         }
@@ -424,19 +389,17 @@ impl<'a> Lexer<'a> {
             _ => None,
         };
         if let Some(end) = radix.and_then(|r| digits_end(s, i + 2, r)) {
-            return self.token(TokenKind::Number, i..end, Some(Cow::Borrowed(&s[i..end])));
+            return self.text(K::Number, i..end);
         }
         let mut j = if s[i] == b'.' { i } else { digits_end(s, i, 10).unwrap_or(i + 1) };
         if s.get(j) == Some(&b'.') && s.get(j + 1) != Some(&b'.') {
             j = digits_end(s, j + 1, 10).unwrap_or(j + 1);
         }
         if matches!(s.get(j), Some(b'e' | b'E')) {
-            let k = if matches!(s.get(j + 1), Some(b'+' | b'-')) { j + 2 } else { j + 1 };
-            if let Some(end) = digits_end(s, k, 10) {
-                j = end;
-            }
+            let sign = usize::from(matches!(s.get(j + 1), Some(b'+' | b'-')));
+            j = digits_end(s, j + 1 + sign, 10).unwrap_or(j);
         }
-        self.token(TokenKind::Number, i..j, Some(Cow::Borrowed(&s[i..j])))
+        self.text(K::Number, i..j)
     }
 
     /// Operator runs stop before an embedded comment start, and lose trailing `+`/`-`
@@ -449,14 +412,10 @@ impl<'a> Lexer<'a> {
         self.op_run = Some(run);
         let mut end = run.end;
         let trailing_sign = matches!(self.input[end - 1], b'+' | b'-');
-        if end - i > 1 && trailing_sign && !run.last_exotic.is_some_and(|x| x >= i) {
-            end = match run.last_unsigned {
-                Some(q) if q >= i => q + 1,
-                _ => i + 1,
-            };
+        if end - i > 1 && trailing_sign && run.last_exotic.is_none_or(|x| x < i) {
+            end = run.last_unsigned.filter(|&q| q >= i).map_or(i + 1, |q| q + 1);
         }
-        let text = Cow::Borrowed(&self.input[i..end]);
-        self.token(TokenKind::Operator, i..end, Some(text))
+        self.text(K::Operator, i..end)
     }
 
     /// Applies PostgreSQL's post-scan step for `U&` tokens: an optional
@@ -470,12 +429,12 @@ impl<'a> Lexer<'a> {
                 let after_kw = self.pos;
                 escape = None;
                 match self.raw_token() {
-                    Some(Ok(lit)) if is_simple_string(lit.kind) => {
+                    Some(Ok(lit)) if matches!(lit.kind, K::String | K::EscapeString | K::DollarString) => {
                         tok.span.end = lit.span.end;
-                        escape = match lit.value.as_deref() {
-                            Some(&[c]) if is_valid_uescape(c) => Some(c),
+                        escape = lit.value_bytes().and_then(|v| match v {
+                            &[c] if is_valid_uescape(c) => Some(c),
                             _ => None,
-                        };
+                        });
                     }
                     // The server rejects this; leave the token for the next call.
                     _ => self.pos = after_kw,
@@ -483,7 +442,7 @@ impl<'a> Lexer<'a> {
             }
             _ => self.pos = before,
         }
-        tok.value = match (escape, tok.value.as_deref()) {
+        tok.value = match (escape, tok.value_bytes()) {
             (Some(esc), Some(raw)) => decode_unicode(raw, esc).map(Cow::Owned),
             _ => None,
         };
@@ -491,12 +450,7 @@ impl<'a> Lexer<'a> {
     }
 }
 
-fn is_simple_string(kind: TokenKind) -> bool {
-    matches!(
-        kind,
-        TokenKind::String | TokenKind::EscapeString | TokenKind::DollarString
-    )
-}
+type Lexeme<'a> = Result<Token<'a>, LexError>;
 
 fn is_space(c: u8) -> bool {
     matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0c | 0x0b)
@@ -510,16 +464,13 @@ fn is_ident_cont(c: u8) -> bool {
     is_ident_start(c) || c.is_ascii_digit() || c == b'$'
 }
 
-fn is_dolq_start(c: u8) -> bool {
-    is_ident_start(c)
-}
-
-fn is_dolq_cont(c: u8) -> bool {
-    is_ident_start(c) || c.is_ascii_digit()
-}
-
 fn is_op_char(c: u8) -> bool {
     b"~!@#^&|`?+-*/%<>=".contains(&c)
+}
+
+/// First offset at or after `from` whose byte fails `pred` (or the end).
+fn scan_while(s: &[u8], from: usize, pred: impl Fn(u8) -> bool) -> usize {
+    s.get(from..).and_then(|t| t.iter().position(|&c| !pred(c))).map_or(s.len(), |p| p + from)
 }
 
 fn find_byte(s: &[u8], from: usize, b: u8) -> Option<usize> {
@@ -527,10 +478,7 @@ fn find_byte(s: &[u8], from: usize, b: u8) -> Option<usize> {
 }
 
 fn find_newline(s: &[u8], from: usize) -> Option<usize> {
-    s.get(from..)?
-        .iter()
-        .position(|&c| c == b'\n' || c == b'\r')
-        .map(|p| p + from)
+    s.get(from..)?.iter().position(|&c| c == b'\n' || c == b'\r').map(|p| p + from)
 }
 
 /// Returns the offset just past a (possibly nested) block comment starting at `start`.
@@ -539,24 +487,13 @@ fn skip_block_comment(s: &[u8], start: usize) -> Result<usize, LexError> {
     let mut i = start + 2;
     while i < s.len() {
         match (s[i], s.get(i + 1)) {
-            (b'/', Some(b'*')) => {
-                depth += 1;
-                i += 2;
-            }
-            (b'*', Some(b'/')) => {
-                if depth == 0 {
-                    return Ok(i + 2);
-                }
-                depth -= 1;
-                i += 2;
-            }
+            (b'/', Some(b'*')) => (depth, i) = (depth + 1, i + 2),
+            (b'*', Some(b'/')) if depth == 0 => return Ok(i + 2),
+            (b'*', Some(b'/')) => (depth, i) = (depth - 1, i + 2),
             _ => i += 1,
         }
     }
-    Err(LexError {
-        kind: LexErrorKind::UnterminatedComment,
-        offset: start,
-    })
+    Err(err(LexErrorKind::UnterminatedComment, start))
 }
 
 /// Finds the quote that closes a literal segment starting at `from`.
@@ -598,20 +535,18 @@ fn continuation(s: &[u8], from: usize) -> Option<usize> {
 }
 
 /// End of `digit (_? digit)*` in `radix` starting at `from`, or `None` if no digit there.
+/// Non-decimal literals may also have a `_` right after their `0x`/`0o`/`0b` prefix.
 fn digits_end(s: &[u8], from: usize, radix: u32) -> Option<usize> {
     let is_digit = |c: &u8| (*c as char).is_digit(radix);
-    let mut i = from;
-    if s.get(i).is_some_and(|c| *c == b'_') && radix != 10 {
-        i += 1;
-    }
+    let mut i = from + usize::from(radix != 10 && s.get(from) == Some(&b'_'));
     if !s.get(i).is_some_and(is_digit) {
         return None;
     }
-    i += 1;
     loop {
+        i += 1;
         match (s.get(i), s.get(i + 1)) {
-            (Some(c), _) if is_digit(c) => i += 1,
-            (Some(b'_'), Some(c)) if is_digit(c) => i += 2,
+            (Some(c), _) if is_digit(c) => {}
+            (Some(b'_'), Some(c)) if is_digit(c) => i += 1,
             _ => return Some(i),
         }
     }
@@ -629,7 +564,7 @@ fn undouble(raw: &[u8], quote: u8) -> Vec<u8> {
 
 /// Decodes each literal segment and concatenates them. Escapes are decoded per segment
 /// because the server's scanner never lets an escape sequence span a continuation.
-fn decode_segments<'a>(s: &'a [u8], segments: &[Range<usize>], mode: Quoting) -> Option<Cow<'a, [u8]>> {
+fn decode_segments<'a>(s: &'a [u8], segments: &[Range<usize>], mode: Quoting) -> Value<'a> {
     if let [only] = segments {
         let raw = &s[only.clone()];
         let plain = match mode {
@@ -653,117 +588,84 @@ fn decode_segments<'a>(s: &'a [u8], segments: &[Range<usize>], mode: Quoting) ->
     Some(Cow::Owned(out))
 }
 
-fn hex_val(c: u8) -> Option<u32> {
-    (c as char).to_digit(16)
-}
-
 /// Reads exactly `n` hex digits at `at`.
 fn hex_n(raw: &[u8], at: usize, n: usize) -> Option<u32> {
     let digits = raw.get(at..at + n)?;
-    digits.iter().try_fold(0u32, |acc, &c| Some(acc * 16 + hex_val(c)?))
+    digits.iter().try_fold(0u32, |acc, &c| Some(acc * 16 + (c as char).to_digit(16)?))
 }
 
-fn push_utf8(out: &mut Vec<u8>, cp: u32) -> Option<()> {
-    if cp == 0 {
-        return None;
-    }
+/// Appends one escaped code point, pairing UTF-16 surrogates through `pending` exactly
+/// as the server does; `None` where the server raises an error.
+fn push_code_point(out: &mut Vec<u8>, pending: &mut Option<u32>, cp: u32) -> Option<()> {
+    let cp = match (pending.take(), cp) {
+        (Some(high), 0xDC00..=0xDFFF) => 0x10000 + ((high - 0xD800) << 10) + (cp - 0xDC00),
+        (Some(_), _) | (None, 0 | 0xDC00..=0xDFFF) => return None,
+        (None, 0xD800..=0xDBFF) => {
+            *pending = Some(cp);
+            return Some(());
+        }
+        (None, cp) => cp,
+    };
     let ch = char::from_u32(cp)?;
     out.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
     Some(())
 }
 
-fn is_high_surrogate(cp: u32) -> bool {
-    (0xD800..0xDC00).contains(&cp)
-}
-
-fn is_low_surrogate(cp: u32) -> bool {
-    (0xDC00..0xE000).contains(&cp)
-}
-
-fn combine_surrogates(high: u32, low: u32) -> u32 {
-    0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00)
-}
-
 /// Decodes an `E'...'` segment body (xe rules). `None` where the server raises an error.
 fn decode_escapes(raw: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(raw.len());
-    let mut pending_high: Option<u32> = None;
+    let mut pending = None;
     let mut i = 0;
     while i < raw.len() {
         let c = raw[i];
-        if c != b'\\' {
-            if pending_high.is_some() {
-                return None;
-            }
-            out.push(c);
-            i += if c == b'\'' { 2 } else { 1 };
-            continue;
-        }
-        let e = *raw.get(i + 1)?;
-        if matches!(e, b'u' | b'U') {
-            let n = if e == b'u' { 4 } else { 8 };
-            let cp = hex_n(raw, i + 2, n)?;
+        let e = raw.get(i + 1).copied();
+        if c == b'\\' && matches!(e, Some(b'u' | b'U')) {
+            let n = if e == Some(b'u') { 4 } else { 8 };
+            push_code_point(&mut out, &mut pending, hex_n(raw, i + 2, n)?)?;
             i += 2 + n;
-            match (pending_high.take(), cp) {
-                (Some(high), low) if is_low_surrogate(low) => {
-                    push_utf8(&mut out, combine_surrogates(high, low))?
-                }
-                (Some(_), _) => return None,
-                (None, high) if is_high_surrogate(high) => pending_high = Some(high),
-                (None, low) if is_low_surrogate(low) => return None,
-                (None, cp) => push_utf8(&mut out, cp)?,
-            }
             continue;
         }
-        if pending_high.is_some() {
+        if pending.is_some() {
             return None;
         }
-        let (byte, used) = decode_simple_escape(raw, i + 1);
+        let (byte, used) = match (c, e) {
+            (b'\\', Some(e)) => decode_simple_escape(&raw[i + 1..], e),
+            (b'\'', _) => (b'\'', 1),
+            _ => (c, 0),
+        };
         out.push(byte);
         i += 1 + used;
     }
-    if pending_high.is_some() {
-        return None;
-    }
-    Some(out)
+    pending.is_none().then_some(out)
 }
 
-/// Decodes the escape whose first byte after the backslash is at `at`: octal, `\x`
-/// hex, the C control letters, or the byte itself. Returns the byte and bytes used.
-fn decode_simple_escape(raw: &[u8], at: usize) -> (u8, usize) {
-    let e = raw[at];
-    if (b'0'..=b'7').contains(&e) {
-        let len = raw[at..]
-            .iter()
-            .take(3)
-            .take_while(|c| (b'0'..=b'7').contains(*c))
-            .count();
-        let v = raw[at..at + len]
-            .iter()
-            .fold(0u32, |acc, &c| acc * 8 + u32::from(c - b'0'));
-        // The server stores the value in an unsigned char, dropping the high bit of \777.
-        return ((v & 0xFF) as u8, len);
-    }
-    if e == b'x' {
-        let len = raw[at + 1..]
-            .iter()
-            .take(2)
-            .take_while(|c| c.is_ascii_hexdigit())
-            .count();
-        if len > 0 {
-            let v = hex_n(raw, at + 1, len).unwrap_or(0);
-            return (v as u8, 1 + len);
-        }
-    }
-    let byte = match e {
-        b'b' => 0x08,
-        b'f' => 0x0c,
-        b'n' => b'\n',
-        b'r' => b'\r',
-        b't' => b'\t',
-        other => other,
+/// Decodes the escape after a backslash (`rest` starts with `e`): octal, `\x` hex,
+/// the C control letters, or the byte itself. Returns the byte and bytes used.
+fn decode_simple_escape(rest: &[u8], e: u8) -> (u8, usize) {
+    let digits = |from: usize, radix: u32, max: usize| {
+        rest[from..].iter().take(max).take_while(|c| (**c as char).is_digit(radix)).count()
     };
-    (byte, 1)
+    let value = |from: usize, len: usize, radix: u32| {
+        let digits = rest[from..from + len].iter();
+        digits.fold(0u32, |acc, &c| acc * radix + (c as char).to_digit(radix).unwrap_or(0))
+    };
+    match e {
+        // The server stores \777 in an unsigned char, dropping the high bit.
+        b'0'..=b'7' => {
+            let len = digits(0, 8, 3);
+            (value(0, len, 8) as u8, len)
+        }
+        b'x' if digits(1, 16, 2) > 0 => {
+            let len = digits(1, 16, 2);
+            (value(1, len, 16) as u8, 1 + len)
+        }
+        b'b' => (0x08, 1),
+        b'f' => (0x0c, 1),
+        b'n' => (b'\n', 1),
+        b'r' => (b'\r', 1),
+        b't' => (b'\t', 1),
+        other => (other, 1),
+    }
 }
 
 /// The server refuses these as UESCAPE characters.
@@ -775,47 +677,26 @@ fn is_valid_uescape(c: u8) -> bool {
 /// `str_udeescape`, producing UTF-8. `None` where the server raises an error.
 fn decode_unicode(raw: &[u8], esc: u8) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(raw.len());
-    let mut pending_high: Option<u32> = None;
+    let mut pending = None;
     let mut i = 0;
     while i < raw.len() {
-        if raw[i] != esc {
-            if pending_high.is_some() {
+        let next = raw.get(i + 1).copied();
+        if raw[i] != esc || next == Some(esc) {
+            if pending.is_some() {
                 return None;
             }
             out.push(raw[i]);
-            i += 1;
+            i += if raw[i] == esc { 2 } else { 1 };
             continue;
         }
-        if raw.get(i + 1) == Some(&esc) {
-            if pending_high.is_some() {
-                return None;
-            }
-            out.push(esc);
-            i += 2;
-            continue;
-        }
-        let (cp, used) = match raw.get(i + 1) {
+        let (cp, used) = match next {
             Some(b'+') => (hex_n(raw, i + 2, 6)?, 8),
             _ => (hex_n(raw, i + 1, 4)?, 5),
         };
-        if cp == 0 || cp > 0x10FFFF {
-            return None;
-        }
+        push_code_point(&mut out, &mut pending, cp)?;
         i += used;
-        match (pending_high.take(), cp) {
-            (Some(high), low) if is_low_surrogate(low) => {
-                push_utf8(&mut out, combine_surrogates(high, low))?
-            }
-            (Some(_), _) => return None,
-            (None, high) if is_high_surrogate(high) => pending_high = Some(high),
-            (None, low) if is_low_surrogate(low) => return None,
-            (None, cp) => push_utf8(&mut out, cp)?,
-        }
     }
-    if pending_high.is_some() {
-        return None;
-    }
-    Some(out)
+    pending.is_none().then_some(out)
 }
 
 #[cfg(test)]
@@ -1012,11 +893,12 @@ mod tests {
 
     #[test]
     fn numbers() {
-        let texts: Vec<Vec<u8>> = values("1 1.5e3 .5 1. 0x1F 0o17 0b101 1_000 2E-3")
-            .into_iter()
-            .map(Option::unwrap)
-            .collect();
-        assert_eq!(texts, ["1", "1.5e3", ".5", "1.", "0x1F", "0o17", "0b101", "1_000", "2E-3"].map(|s| s.as_bytes().to_vec()));
+        let texts: Vec<Vec<u8>> =
+            values("1 1.5e3 .5 1. 0x1F 0o17 0b101 1_000 2E-3").into_iter().map(Option::unwrap).collect();
+        assert_eq!(
+            texts,
+            ["1", "1.5e3", ".5", "1.", "0x1F", "0o17", "0b101", "1_000", "2E-3"].map(|s| s.as_bytes().to_vec())
+        );
         assert_eq!(kinds("1..2"), [TokenKind::Number, TokenKind::Operator, TokenKind::Number]);
         assert_eq!(kinds("0x'1F'"), [TokenKind::Number, TokenKind::HexString]);
         assert_eq!(kinds("123abc"), [TokenKind::Number, TokenKind::Ident]);
@@ -1026,11 +908,8 @@ mod tests {
     #[test]
     fn operators_and_punctuation() {
         let toks = lex("a<=b||c::int:=d=>e..f;(g)[1],h.i:j");
-        let ops: Vec<&[u8]> = toks
-            .iter()
-            .filter(|t| t.kind == TokenKind::Operator)
-            .map(|t| t.value_bytes().unwrap())
-            .collect();
+        let ops: Vec<&[u8]> =
+            toks.iter().filter(|t| t.kind == TokenKind::Operator).map(|t| t.value_bytes().unwrap()).collect();
         assert_eq!(ops, [&b"<="[..], b"||", b"::", b":=", b"=>", b".."]);
         let puncts: Vec<u8> = toks
             .iter()
@@ -1047,9 +926,8 @@ mod tests {
     fn operators_stop_at_comments_and_drop_trailing_signs() {
         assert_eq!(kinds("1 */* c */ 2"), [TokenKind::Number, TokenKind::Operator, TokenKind::Number]);
         assert_eq!(kinds("a +-- c\n b"), [TokenKind::Ident, TokenKind::Operator, TokenKind::Ident]);
-        let ops = |s: &'static str| -> Vec<Vec<u8>> {
-            lex(s).iter().map(|t| t.value_bytes().unwrap().to_vec()).collect()
-        };
+        let ops =
+            |s: &'static str| -> Vec<Vec<u8>> { lex(s).iter().map(|t| t.value_bytes().unwrap().to_vec()).collect() };
         assert_eq!(ops("=-"), [b"=".to_vec(), b"-".to_vec()]);
         assert_eq!(ops("?-"), [b"?-".to_vec()]);
         assert_eq!(ops("<=+-"), [b"<=".to_vec(), b"+".to_vec(), b"-".to_vec()]);
@@ -1123,9 +1001,6 @@ mod tests {
         let input = "SELECT /* c */ 'a''b', E'\\n' -- x\n FROM \"t\" WHERE $1 = $$d$$;";
         let toks = lex(input);
         let texts: Vec<&str> = toks.iter().map(|t| &input[t.span.clone()]).collect();
-        assert_eq!(
-            texts,
-            ["SELECT", "'a''b'", ",", "E'\\n'", "FROM", "\"t\"", "WHERE", "$1", "=", "$$d$$", ";"]
-        );
+        assert_eq!(texts, ["SELECT", "'a''b'", ",", "E'\\n'", "FROM", "\"t\"", "WHERE", "$1", "=", "$$d$$", ";"]);
     }
 }

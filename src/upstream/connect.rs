@@ -1,6 +1,7 @@
 //! Opening one server connection: TCP, optional TLS, startup and login with
 //! SCRAM-SHA-256, md5, cleartext or trust.
 
+use std::collections::HashSet;
 use std::io;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -60,6 +61,8 @@ pub struct ServerConn {
     pub params: Vec<(String, String)>,
     /// When the connection was opened.
     pub created: Instant,
+    /// Ids of the proxy-named statements prepared on this connection.
+    pub prepared: HashSet<u64>,
 }
 
 impl Connector {
@@ -80,6 +83,7 @@ impl Connector {
             key: (0, 0),
             params: Vec::new(),
             created: Instant::now(),
+            prepared: HashSet::new(),
         };
         conn.login(&self.cfg).await?;
         Ok(conn)
@@ -182,7 +186,8 @@ impl ServerConn {
                 3 => frontend::password_message(password.as_bytes(), &mut out)?,
                 5 if body.len() == 4 => {
                     let salt = [body[0], body[1], body[2], body[3]];
-                    let hash = postgres_protocol::authentication::md5_hash(cfg.user.as_bytes(), password.as_bytes(), salt);
+                    let hash =
+                        postgres_protocol::authentication::md5_hash(cfg.user.as_bytes(), password.as_bytes(), salt);
                     frontend::password_message(hash.as_bytes(), &mut out)?;
                 }
                 10 => return self.scram(password, &body).await,

@@ -182,10 +182,7 @@ mod tests {
     fn rejects_bad_packets() {
         assert_eq!(parse(&[0, 0, 0, 4, 0, 0, 0, 0]), Err(StartupError::BadLength(4)));
         assert_eq!(parse(&[0, 1, 0, 0]), Err(StartupError::BadLength(65536)));
-        assert!(matches!(
-            parse(&packet(0x0002_0000, b"\0")),
-            Err(StartupError::UnsupportedProtocol { major: 2, .. })
-        ));
+        assert!(matches!(parse(&packet(0x0002_0000, b"\0")), Err(StartupError::UnsupportedProtocol { major: 2, .. })));
         assert!(parse(&packet(196_608, b"user\0bob")).is_err());
         assert!(parse(&packet(196_608, b"user\0\xff\xfe\0\0")).is_err());
         assert!(parse(&packet(196_608, b"\0junk")).is_err());

@@ -1,0 +1,140 @@
+//! Named prepared statements in transaction pooling, the way PgBouncer 1.21+
+//! does it: a client's named statements live in the session, and each server
+//! connection gets them prepared under proxy-chosen names, once, whenever a
+//! Bind or Describe needs them there. Identical text (and parameter types)
+//! shares one server-side name across all clients.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use dashmap::DashMap;
+
+use crate::wire::{build, frame};
+
+/// One statement text as prepared upstream.
+#[derive(Debug)]
+pub struct Statement {
+    /// Process-wide id; the server-side name is derived from it.
+    pub id: u64,
+    /// The query text.
+    pub text: Bytes,
+    /// The Parse message's parameter-type section (count and OIDs).
+    pub types: Bytes,
+    /// Whether the text contains transaction control.
+    pub tx: bool,
+}
+
+impl Statement {
+    /// The server-side statement name.
+    pub fn server_name(&self) -> Vec<u8> {
+        server_name(self.id)
+    }
+}
+
+/// The server-side name of statement `id`.
+pub fn server_name(id: u64) -> Vec<u8> {
+    format!("pgtenant_{id}").into_bytes()
+}
+
+/// Assigns ids to distinct (text, parameter types) pairs, process-wide.
+/// Exact keys rather than hashes: two texts can never share a name.
+#[derive(Default)]
+pub struct Registry {
+    ids: DashMap<(Bytes, Bytes), u64>,
+    next: AtomicU64,
+}
+
+impl Registry {
+    /// The id for this text and parameter types.
+    pub fn id_for(&self, text: &Bytes, types: &Bytes) -> u64 {
+        if let Some(id) = self.ids.get(&(text.clone(), types.clone())) {
+            return *id;
+        }
+        *self.ids.entry((text.clone(), types.clone())).or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// One client's named statements, by the client's names.
+#[derive(Default)]
+pub struct ClientStatements {
+    by_name: HashMap<Bytes, Arc<Statement>>,
+}
+
+impl ClientStatements {
+    /// The statement a client name refers to.
+    pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
+        self.by_name.get(name)
+    }
+
+    /// Records a statement under a client name.
+    pub fn insert(&mut self, name: Bytes, stmt: Arc<Statement>) {
+        self.by_name.insert(name, stmt);
+    }
+
+    /// Forgets a client name.
+    pub fn remove(&mut self, name: &[u8]) {
+        self.by_name.remove(name);
+    }
+
+    /// Forgets every name bound to statement `id` (its Parse failed upstream).
+    pub fn forget_id(&mut self, id: u64) {
+        self.by_name.retain(|_, s| s.id != id);
+    }
+
+    /// Forgets everything (`DEALLOCATE ALL`, `DISCARD ALL`).
+    pub fn clear(&mut self) {
+        self.by_name.clear();
+    }
+}
+
+/// Appends a copy of a Bind message with its statement name replaced.
+/// Returns `None` when the message is malformed.
+pub fn rename_bind(msg: &[u8], server_name: &[u8], out: &mut BytesMut) -> Option<()> {
+    let body = msg.get(frame::HEADER_LEN..)?;
+    let (portal, rest) = frame::cstr(body)?;
+    let (_client_name, rest) = frame::cstr(rest)?;
+    build::message(out, b'B', |b| {
+        b.put_slice(portal);
+        b.put_u8(0);
+        b.put_slice(server_name);
+        b.put_u8(0);
+        b.put_slice(rest);
+    });
+    Some(())
+}
+
+/// Appends a Describe of a statement by server name.
+pub fn describe_statement(server_name: &[u8], out: &mut BytesMut) {
+    build::message(out, b'D', |b| {
+        b.put_u8(b'S');
+        b.put_slice(server_name);
+        b.put_u8(0);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_text_shares_an_id() {
+        let r = Registry::default();
+        let (a, t) = (Bytes::from_static(b"select 1"), Bytes::from_static(b"\0\0"));
+        let id = r.id_for(&a, &t);
+        assert_eq!(r.id_for(&a, &t), id);
+        assert_ne!(r.id_for(&Bytes::from_static(b"select 2"), &t), id);
+        assert_ne!(r.id_for(&a, &Bytes::from_static(b"\0\x01\0\0\0\x17")), id);
+    }
+
+    #[test]
+    fn bind_is_renamed_and_keeps_the_rest() {
+        let mut msg = BytesMut::new();
+        build::message(&mut msg, b'B', |b| b.put_slice(b"p\0s1\0\0\0\0\x01\0\0\0\x01x\0\0"));
+        let mut out = BytesMut::new();
+        rename_bind(&msg, b"pgtenant_7", &mut out).unwrap();
+        assert_eq!(&out[5..], b"p\0pgtenant_7\0\0\0\0\x01\0\0\0\x01x\0\0");
+        assert!(rename_bind(b"B\0\0\0\x05", b"x", &mut out).is_none());
+    }
+}
