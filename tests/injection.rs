@@ -79,14 +79,30 @@ async fn case07_tenant_is_set_again_after_commit_inside_one_query() {
     let row = tenant_row(TENANT_A);
     // COMMIT outside an explicit block warns, as it does on a direct connection.
     let expected = [
-        "C:INSERT 0 1", "N:WARNING", "C:COMMIT", "T", &row, "C:SELECT 1", "C:BEGIN", "T", &row, "C:SELECT 1",
-        "C:ROLLBACK", "T", &row, "C:SELECT 1", "Z:I",
+        "C:INSERT 0 1",
+        "N:WARNING",
+        "C:COMMIT",
+        "T",
+        &row,
+        "C:SELECT 1",
+        "C:BEGIN",
+        "T",
+        &row,
+        "C:SELECT 1",
+        "C:ROLLBACK",
+        "T",
+        &row,
+        "C:SELECT 1",
+        "Z:I",
     ];
     assert_eq!(got, expected);
     assert_eq!(pg.count_rows("tool_calls", TENANT_A).await, 1);
     // AND CHAIN starts a new transaction inside the block: it needs the tenant too.
     let chained = format!("BEGIN; COMMIT AND CHAIN; {TENANT_QUERY}; COMMIT");
-    assert_eq!(summarize(&c.simple(&chained).await), ["C:BEGIN", "C:COMMIT", "T", &row, "C:SELECT 1", "C:COMMIT", "Z:I"]);
+    assert_eq!(
+        summarize(&c.simple(&chained).await),
+        ["C:BEGIN", "C:COMMIT", "T", &row, "C:SELECT 1", "C:COMMIT", "Z:I"]
+    );
 }
 
 #[tokio::test]

@@ -40,9 +40,7 @@ fn tamper_spellings() -> Vec<String> {
         format!("ALTER ROLE app_user SET app.current_tenant_id = '{b}'"),
         format!("ALTER DATABASE app SET app.current_tenant_id = '{b}'"),
         "ALTER ROLE app_user IN DATABASE app RESET app.current_tenant_id".to_string(),
-        format!(
-            "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET app.current_tenant_id = '{b}' AS $$SELECT 1$$"
-        ),
+        format!("CREATE FUNCTION f() RETURNS int LANGUAGE sql SET app.current_tenant_id = '{b}' AS $$SELECT 1$$"),
         "SET standard_conforming_strings = off".to_string(),
         "SET client_encoding = 'SJIS'".to_string(),
     ]

@@ -29,7 +29,7 @@ use super::Fatal;
 use crate::cancel::{Registration, ServerKey};
 use crate::net::ClientStream;
 use crate::server::Shared;
-use crate::sql::inspect::TxControl;
+use crate::sql::inspect::{DiscardKind, Inspection, SessionEffect, TxControl};
 use crate::upstream::connect::MAX_SERVER_MESSAGE;
 use crate::upstream::{PoolError, Pooled};
 use crate::wire::{build, frame};
@@ -243,6 +243,7 @@ impl Session {
         let single_no_block = insp.statements.len() == 1 && insp.statements[0].no_tx_block;
         let inject = starts_transaction && !insp.lex_error && !insp.statements.is_empty() && !single_no_block;
         let tx_control = insp.statements.iter().any(|s| s.tx != TxControl::None);
+        self.note_deallocation(&insp);
         match inject::rewrite_query(&sql, &insp, &self.tenant_stmt, inject) {
             None => {
                 self.sout.extend_from_slice(&msg);
@@ -275,6 +276,7 @@ impl Session {
         let tx = insp.statements.iter().any(|s| s.tx != TxControl::None);
         self.begin_step(tx);
         self.unit_tx |= tx;
+        self.note_deallocation(&insp);
         let refusal = if insp.lex_error {
             Some(Refused::unparsable())
         } else {
@@ -301,6 +303,25 @@ impl Session {
         Ok(())
     }
 
+    /// `DISCARD ALL` and `DEALLOCATE ALL` drop every prepared statement on the
+    /// server and, for the client, its own: forget both sides' tables. Should
+    /// the statement fail after all, re-preparing is still safe (see
+    /// [`Self::prepare_on_server`]).
+    fn note_deallocation(&mut self, insp: &Inspection) {
+        let drops_all = insp.statements.iter().any(|s| {
+            matches!(
+                s.session,
+                Some(SessionEffect::Discard(DiscardKind::All) | SessionEffect::Deallocate { name: None })
+            )
+        });
+        if drops_all {
+            self.statements.clear();
+            if let Some(server) = self.server.as_mut() {
+                server.conn.prepared.clear();
+            }
+        }
+    }
+
     /// A Parse that fails upstream at the same point, its error rewritten to `r`.
     fn stand_in_parse(&mut self, r: Refused) {
         build::parse(&mut self.sout, b"", inject::STAND_IN, b"\0\0");
@@ -317,7 +338,12 @@ impl Session {
             }
             return;
         }
-        build::parse(&mut self.sout, &stmt.server_name(), &stmt.text, &stmt.types);
+        // Close first: if the server still has the name after all (a
+        // DISCARD ALL that failed), the Parse must not fail with 42P05.
+        let name = stmt.server_name();
+        prepared::close_statement(&name, &mut self.sout);
+        self.outstanding.push(Pending::Step(Step::Close, Owner::Proxy));
+        build::parse(&mut self.sout, &name, &stmt.text, &stmt.types);
         self.outstanding.push(Pending::Step(Step::Parse, Owner::Prepare { id: stmt.id, hidden }));
     }
 

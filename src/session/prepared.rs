@@ -105,6 +105,15 @@ pub fn rename_bind(msg: &[u8], server_name: &[u8], out: &mut BytesMut) -> Option
     Some(())
 }
 
+/// Appends a Close of a statement by server name.
+pub fn close_statement(server_name: &[u8], out: &mut BytesMut) {
+    build::message(out, b'C', |b| {
+        b.put_u8(b'S');
+        b.put_slice(server_name);
+        b.put_u8(0);
+    });
+}
+
 /// Appends a Describe of a statement by server name.
 pub fn describe_statement(server_name: &[u8], out: &mut BytesMut) {
     build::message(out, b'D', |b| {

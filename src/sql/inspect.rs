@@ -1,7 +1,7 @@
 //! Splits a query string into statements like the server and classifies each one.
 
 use std::fmt;
-use std::ops::{Range, RangeInclusive};
+use std::ops::Range;
 
 use super::lexer::{Lexer, Token, TokenKind, MAX_IDENT_LEN};
 
@@ -12,26 +12,8 @@ const CLIENT_ENCODING: &str = "client_encoding";
 /// Client-only encodings (PostgreSQL's alias table, normalised like
 /// `clean_encoding_name`: ASCII alphanumerics only, lowercase) whose multibyte
 /// characters may contain `'` or `\` bytes, hiding quotes from a byte-level lexer.
-const UNSAFE_ENCODINGS: &[&str] = &[
-    "sjis",
-    "shiftjis",
-    "mskanji",
-    "win932",
-    "windows932",
-    "shiftjis2004",
-    "big5",
-    "win950",
-    "windows950",
-    "gbk",
-    "win936",
-    "windows936",
-    "cp936",
-    "uhc",
-    "win949",
-    "windows949",
-    "gb18030",
-    "johab",
-];
+const UNSAFE_ENCODINGS: &str = "sjis shiftjis mskanji win932 windows932 shiftjis2004 big5 win950 windows950 \
+    gbk win936 windows936 cp936 uhc win949 windows949 gb18030 johab";
 
 /// Session-level advisory lock functions (the `_xact_` variants end with the transaction).
 const ADVISORY_LOCKS: &[&str] =
@@ -112,7 +94,7 @@ pub enum RefusalReason {
     DynamicSetConfig,
     /// `client_encoding` changed to an encoding that can hide quotes, or to a non-constant.
     UnsafeClientEncoding,
-    /// `UPDATE pg_settings`, which calls `set_config()` through a rule.
+    /// `pg_settings` used outside a plain `SELECT`: its UPDATE rule calls `set_config()`.
     SettingsCatalog,
 }
 
@@ -137,7 +119,7 @@ impl Refusal {
                  value is not allowed through pgtenant; {why}"
             ),
             RefusalReason::SettingsCatalog => format!(
-                "updating pg_settings is not allowed through pgtenant because it could change \
+                "pg_settings may only be read with SELECT through pgtenant because updating it could change \
                  \"{s}\"; {why}"
             ),
         }
@@ -281,7 +263,10 @@ impl Inspector {
                 settings_view |= ident_is(tok, "pg_settings");
             }
         }
-        (update && settings_view).then(|| refuse(&self.tenant_setting, RefusalReason::SettingsCatalog))
+        // pg_settings has an UPDATE rule calling set_config(); a view over it (even a
+        // TEMP one) inherits that path, so only plain SELECTs may mention it.
+        let read_only = toks.first().is_some_and(|t| t.is_keyword("select")) && !update;
+        (settings_view && !read_only).then(|| refuse(&self.tenant_setting, RefusalReason::SettingsCatalog))
     }
 
     /// `SET`/`RESET` at `i`: the name may follow directly or after `SESSION`/`LOCAL`.
@@ -323,10 +308,10 @@ impl Inspector {
         let Some(name) = plain_literal_arg(toks, i + 2).filter(|_| opened) else {
             return Some(refuse(&self.tenant_setting, RefusalReason::DynamicSetConfig));
         };
-        if let Some(p) = self.protected.iter().find(|p| name_eq(name, p.as_bytes())) {
+        if let Some(p) = self.protected.iter().find(|p| name.eq_ignore_ascii_case(p.as_bytes())) {
             return Some(refuse(p, RefusalReason::SetConfig));
         }
-        if name_eq(name, CLIENT_ENCODING.as_bytes()) {
+        if name.eq_ignore_ascii_case(CLIENT_ENCODING.as_bytes()) {
             let safe = plain_literal_arg(toks, i + 4).is_some_and(|v| !is_unsafe_encoding(v));
             if !safe {
                 return Some(refuse(CLIENT_ENCODING, RefusalReason::UnsafeClientEncoding));
@@ -430,19 +415,16 @@ fn dotted_name<'t>(toks: &'t [Token<'_>], start: usize, max_parts: usize) -> Opt
 }
 
 impl Name<'_> {
-    /// Whether the server could resolve this name to `target`. Each part may have been
-    /// truncated to 63 bytes (less when backing off a multibyte character), and parts
-    /// may contain dots themselves, so this walks `target` tracking every reachable offset.
+    /// Whether the server could resolve this name to `target`. Parts may contain dots
+    /// themselves and match a variable number of bytes (see [`ident_ends`]), so this
+    /// walks `target` tracking every reachable offset.
     fn matches(&self, target: &[u8]) -> bool {
         if self.overflow {
             return false;
         }
-        if self.parts.iter().any(Option::is_none) {
-            return true;
-        }
         let mut reach = vec![false; target.len() + 1];
         reach[0] = true;
-        for (k, part) in self.parts.iter().flatten().enumerate() {
+        for (k, part) in self.parts.iter().enumerate() {
             let mut next = vec![false; target.len() + 1];
             for pos in (0..=target.len()).filter(|&p| reach[p]) {
                 let at = match (k, target.get(pos)) {
@@ -450,10 +432,10 @@ impl Name<'_> {
                     (_, Some(b'.')) => pos + 1,
                     _ => continue,
                 };
-                for len in kept_lengths(part.len()) {
-                    if target.get(at..at + len).is_some_and(|t| name_eq(&part[..len], t)) {
-                        next[at + len] = true;
-                    }
+                match part {
+                    Some(v) => ident_ends(v, target, at, &mut next),
+                    // Undecodable: the server rejects it anyway, so assume the worst.
+                    None => next[at + 1..].iter_mut().for_each(|e| *e = true),
                 }
             }
             if !next.contains(&true) {
@@ -471,28 +453,49 @@ impl Name<'_> {
     }
 }
 
-fn kept_lengths(len: usize) -> RangeInclusive<usize> {
-    if len > MAX_IDENT_LEN {
-        MAX_IDENT_LEN - 3..=MAX_IDENT_LEN
-    } else {
-        len..=len
+/// Marks in `ends` every offset of `target` where the identifier `ident`, read from
+/// offset `at`, may end once the server has processed it:
+/// - ASCII letters compare case-insensitively;
+/// - a run of n non-ASCII bytes stands for 1..=n ASCII letters, because a single-byte
+///   server encoding lowercases with the locale's `tolower()` (Turkish `İ` -> `i`),
+///   after converting from a client encoding where a character may take several bytes;
+/// - the identifier may stop anywhere after `MAX_IDENT_LEN - 3` target bytes, since
+///   the server truncates it to 63 bytes, backing off to a character boundary.
+fn ident_ends(ident: &[u8], target: &[u8], at: usize, ends: &mut [bool]) {
+    let mut reach = vec![false; target.len() + 1];
+    reach[at] = true;
+    let mut i = 0;
+    while i < ident.len() && reach.contains(&true) {
+        for p in (at + MAX_IDENT_LEN - 3..=target.len()).filter(|&p| reach[p]) {
+            ends[p] = true;
+        }
+        let run = if ident[i] < 0x80 { 1 } else { ident[i..].iter().take_while(|&&c| c >= 0x80).count() };
+        let mut next = vec![false; target.len() + 1];
+        for p in (at..target.len()).filter(|&p| reach[p]) {
+            if ident[i] < 0x80 {
+                next[p + 1] = ident[i].eq_ignore_ascii_case(&target[p]);
+                continue;
+            }
+            for k in (1..=run).take_while(|&k| target.get(p + k - 1).is_some_and(u8::is_ascii_alphabetic)) {
+                next[p + k] = true;
+            }
+        }
+        reach = next;
+        i += run;
     }
-}
-
-/// Case-insensitive name comparison. A non-ASCII byte matches any letter because the
-/// server lowercases unquoted identifiers with `tolower()` in single-byte encodings,
-/// where a locale may map such a byte to an ASCII letter (e.g. Turkish dotted I).
-fn name_eq(candidate: &[u8], target: &[u8]) -> bool {
-    candidate.len() == target.len()
-        && candidate
-            .iter()
-            .zip(target)
-            .all(|(&c, &t)| c.eq_ignore_ascii_case(&t) || (c >= 0x80 && t.is_ascii_alphabetic()))
+    for (end, reached) in ends.iter_mut().zip(reach) {
+        *end |= reached;
+    }
 }
 
 /// An identifier token that is (or, being undecodable, might be) `name`.
 fn ident_is(tok: &Token<'_>, name: &str) -> bool {
-    tok.value_bytes().is_none_or(|v| name_eq(v, name.as_bytes()))
+    let target = name.as_bytes();
+    tok.value_bytes().is_none_or(|v| {
+        let mut ends = vec![false; target.len() + 1];
+        ident_ends(v, target, 0, &mut ends);
+        ends[target.len()]
+    })
 }
 
 /// A function argument at `i` that is a plain string literal followed by `,`.
@@ -507,9 +510,14 @@ fn plain_literal_arg<'t>(toks: &'t [Token<'_>], i: usize) -> Option<&'t [u8]> {
     }
 }
 
+/// Non-ASCII values are refused outright: encoding names are ASCII, and a single-byte
+/// server may lowercase a non-ASCII identifier into one (`SJİS` -> `sjis`).
 fn is_unsafe_encoding(value: &[u8]) -> bool {
+    if !value.is_ascii() {
+        return true;
+    }
     let clean: Vec<u8> = value.iter().filter(|c| c.is_ascii_alphanumeric()).map(u8::to_ascii_lowercase).collect();
-    UNSAFE_ENCODINGS.iter().any(|e| e.as_bytes() == clean)
+    UNSAFE_ENCODINGS.split_ascii_whitespace().any(|e| e.as_bytes() == clean)
 }
 
 /// Checks a `SET` value list (`v [, v ...]`) starting at `k`: true if any value is an
@@ -778,7 +786,9 @@ fn advisory_lock(toks: &[Token<'_>]) -> Option<SessionEffect> {
         .any(|w| {
             w[0].is_identifier()
                 && w[1].is_punct(b'(')
-                && w[0].value_bytes().is_some_and(|v| ADVISORY_LOCKS.iter().any(|f| name_eq(v, f.as_bytes())))
+                && w[0]
+                    .value_bytes()
+                    .is_some_and(|v| ADVISORY_LOCKS.iter().any(|f| v.eq_ignore_ascii_case(f.as_bytes())))
         })
         .then_some(SessionEffect::AdvisoryLock)
 }
@@ -915,6 +925,8 @@ mod tests {
             "select set_config('client_encoding', 'SJIS', false)",
             "select set_config('client_encoding', $1, false)",
             "select set_config('client_encoding', 'SJ' || 'IS', false)",
+            "SET client_encoding = SJ\u{130}S",
+            "select set_config('client_encoding', 'sj\u{130}s', false)",
         ] {
             assert_refused(sql, CLIENT_ENCODING, RefusalReason::UnsafeClientEncoding);
         }
@@ -938,10 +950,14 @@ mod tests {
             "UPDATE pg_settings SET setting = '2' WHERE name = 'app.current_tenant_id'",
             "update pg_catalog.pg_settings set setting = '2'",
             "WITH x AS (UPDATE \"pg_settings\" SET setting = '2' RETURNING 1) SELECT 1",
+            "CREATE TEMP VIEW v AS SELECT * FROM pg_settings",
+            "CREATE RULE r AS ON UPDATE TO v DO INSTEAD UPDATE pg_catalog.pg_settings SET setting = new.setting",
+            "SELECT * FROM pg_settings FOR UPDATE",
         ] {
             assert_refused(sql, TENANT, RefusalReason::SettingsCatalog);
         }
-        assert_eq!(refusal("SELECT name, setting FROM pg_settings"), None);
+        assert_eq!(refusal("SELECT name, setting FROM pg_settings WHERE name = 'work_mem'"), None);
+        assert_eq!(refusal("select current_setting('app.current_tenant_id'), * from pg_catalog.pg_settings"), None);
     }
 
     #[test]
@@ -989,9 +1005,16 @@ mod tests {
         assert!(insp.inspect(sql.as_bytes(), true).refusal().is_some());
         let longer = Inspector::new(&format!("app.{long}zz"));
         assert!(longer.inspect(sql.as_bytes(), true).refusal().is_some());
-        // A single-byte-encoding server may lowercase a high byte into an ASCII letter.
-        assert!(refusal("SET app.current_tenant_\u{130}d = 1").is_none());
+        // A single-byte-encoding server may lowercase a non-ASCII character into an ASCII
+        // letter (Turkish dotted I), whether the client sent it as one byte or several.
         assert!(inspector().inspect(b"SET app.current_tenant_\xddd = 1", true).refusal().is_some());
+        assert!(refusal("SET app.current_tenant_\u{130}d = 1").is_some());
+        assert!(refusal("SELECT SET_CONF\u{130}G($1, 'x', false)").is_some());
+        assert!(refusal("UPDATE pg_sett\u{130}ngs SET setting = 1").is_some());
+        // ...but ordinary non-ASCII names are not mistaken for anything.
+        assert!(refusal("SET caf\u{e9}.x = 1").is_none());
+        assert!(refusal("SELECT caf\u{e9}, \u{8868}\u{540d} FROM t").is_none());
+        assert!(refusal("SET app.current_tenant_\u{e9}x = 1").is_none());
         // Undecodable U& identifiers are rejected by the server anyway; treat as a match.
         assert!(refusal("SET U&\"\\zzzz\".x = 1").is_some());
     }

@@ -42,6 +42,9 @@ pub struct ProxyOptions {
     pub env: Vec<(String, String)>,
     /// `upstream.user` (default `app_user`); `md5_user` gets the md5 password.
     pub upstream_user: String,
+    /// Host part of `listen.addr` (default `127.0.0.1`); the port is always picked by
+    /// [`Proxy::start`]. A wildcard such as `0.0.0.0` still accepts on 127.0.0.1.
+    pub listen_host: String,
 }
 
 impl Default for ProxyOptions {
@@ -53,6 +56,7 @@ impl Default for ProxyOptions {
             raw_toml: String::new(),
             env: Vec::new(),
             upstream_user: "app_user".to_string(),
+            listen_host: "127.0.0.1".to_string(),
         }
     }
 }
@@ -94,6 +98,12 @@ impl ProxyOptions {
         self
     }
 
+    /// Sets the host part of `listen.addr` (e.g. `0.0.0.0` to accept non-loopback clients).
+    pub fn listen_host(mut self, host: &str) -> Self {
+        self.listen_host = host.to_string();
+        self
+    }
+
     /// Renders `proxy.toml` for `pg`, the given ports and HS secret, with the options applied.
     pub fn render(&self, pg: &PgCluster, listen_port: u16, http_port: u16, secret: &str) -> String {
         let password = match self.upstream_user.as_str() {
@@ -101,7 +111,8 @@ impl ProxyOptions {
             _ => pg.app_password(),
         };
         let upstream = (pg.port(), self.upstream_user.as_str(), password);
-        let mut sections = base_config(upstream, self.pool_size, listen_port, http_port, secret);
+        let listen = format!("{}:{listen_port}", self.listen_host);
+        let mut sections = base_config(upstream, self.pool_size, &listen, http_port, secret);
         for (section, key) in &self.remove_toml {
             if let Some((_, entries)) = sections.iter_mut().find(|(name, _)| name == section) {
                 entries.retain(|(k, _)| k != key);
@@ -129,7 +140,7 @@ type Sections = Vec<(String, Vec<(String, String)>)>;
 fn base_config(
     upstream: (u16, &str, &str),
     pool_size: usize,
-    listen_port: u16,
+    listen_addr: &str,
     http_port: u16,
     secret: &str,
 ) -> Sections {
@@ -139,7 +150,7 @@ fn base_config(
         (name.to_string(), entries)
     };
     vec![
-        section("listen", vec![("addr", toml_str(&format!("127.0.0.1:{listen_port}")))]),
+        section("listen", vec![("addr", toml_str(listen_addr))]),
         section(
             "upstream",
             vec![

@@ -1,0 +1,240 @@
+//! Transaction pooling: pool limits and waiting, upstream authentication
+//! methods, clients leaving mid-transaction (case 21), upstream restarts
+//! (case 22), many clients on a small pool (case 20), prepared statements
+//! across server connections (case 17).
+
+mod support;
+
+use std::time::Duration;
+
+use support::{summarize, PgCluster, Proxy, ProxyOptions, RawClient, TENANT_A, TENANT_B};
+
+const TENANT_QUERY: &str = "SELECT current_setting('app.current_tenant_id')";
+
+async fn login(proxy: &Proxy, tenant: &str) -> RawClient {
+    let mut c = RawClient::connect(proxy.port()).await;
+    c.login("anyname", "app", &proxy.token(tenant)).await.expect("login through the proxy");
+    c
+}
+
+async fn app_user_backends(pg: &PgCluster, user: &str) -> i64 {
+    let su = pg.superuser().await;
+    su.query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", &[&user]).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn never_more_than_pool_size_server_connections() {
+    let pg = PgCluster::start().await;
+    let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(3)).await;
+    let mut clients = Vec::new();
+    for i in 0..12 {
+        clients.push(login(&proxy, if i % 2 == 0 { TENANT_A } else { TENANT_B }).await);
+    }
+    for c in clients.iter_mut() {
+        c.query("SELECT pg_sleep(0.05)").flush().await;
+    }
+    for c in clients.iter_mut() {
+        assert_eq!(summarize(&c.read_until_ready().await), ["T", "D:", "C:SELECT 1", "Z:I"]);
+    }
+    let backends = app_user_backends(&pg, "app_user").await;
+    assert!((1..=3).contains(&backends), "{backends} app_user backends for pool_size 3");
+}
+
+#[tokio::test]
+async fn waiting_longer_than_pool_timeout_is_a_clear_error() {
+    let pg = PgCluster::start().await;
+    let options = ProxyOptions::default().pool_size(1).set("upstream", "pool_timeout_seconds", "1");
+    let proxy = Proxy::start(&pg, options).await;
+    let mut holder = login(&proxy, TENANT_A).await;
+    assert_eq!(summarize(&holder.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
+    let mut waiter = login(&proxy, TENANT_B).await;
+    waiter.query("SELECT 1").flush().await;
+    let msgs = waiter.expect_closed().await;
+    assert_eq!(summarize(&msgs), ["E:53300"]);
+    let fields = msgs[0].error_fields();
+    assert_eq!(fields[&'S'], "FATAL");
+    assert!(fields[&'M'].contains("no server connection"), "{}", fields[&'M']);
+    assert!(fields[&'H'].contains("pool_size"), "{}", fields[&'H']);
+    // The holder is unaffected.
+    assert_eq!(summarize(&holder.simple("COMMIT").await), ["C:COMMIT", "Z:I"]);
+}
+
+#[tokio::test]
+async fn upstream_md5_and_trust_logins_work() {
+    let pg = PgCluster::start().await;
+    let md5 = ProxyOptions::default().upstream_user("md5_user").set(
+        "upstream",
+        "password",
+        &format!("\"{}\"", pg.md5_password()),
+    );
+    let proxy = Proxy::start(&pg, md5).await;
+    let mut c = login(&proxy, TENANT_A).await;
+    assert_eq!(summarize(&c.simple("SELECT current_user").await), ["T", "D:md5_user", "C:SELECT 1", "Z:I"]);
+    // postgres has trust on 127.0.0.1 in the test cluster: no password at all.
+    let trust = ProxyOptions::default().upstream_user("postgres").unset("upstream", "password");
+    let proxy = Proxy::start(&pg, trust).await;
+    let mut c = login(&proxy, TENANT_A).await;
+    assert_eq!(summarize(&c.simple("SELECT current_user").await), ["T", "D:postgres", "C:SELECT 1", "Z:I"]);
+}
+
+#[tokio::test]
+async fn wrong_upstream_password_is_reported_to_the_client() {
+    let pg = PgCluster::start().await;
+    let options = ProxyOptions::default().set("upstream", "password", "\"wrong\"");
+    let proxy = Proxy::start(&pg, options).await;
+    let mut c = RawClient::connect(proxy.port()).await;
+    let err = c.login("anyname", "app", &proxy.token(TENANT_A)).await.unwrap_err();
+    assert_eq!(err.code(), "08006");
+    assert!(err.message().contains("upstream"), "{}", err.message());
+    assert!(!proxy.log().contains("\"wrong\""));
+}
+
+#[tokio::test]
+async fn case21_disconnect_mid_transaction_leaves_nothing_open() {
+    let pg = PgCluster::start().await;
+    let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(1)).await;
+    let ids = pg.seed_tool_calls(TENANT_A, 1).await;
+    let mut a = login(&proxy, TENANT_A).await;
+    assert_eq!(summarize(&a.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
+    let lock = format!("UPDATE tool_calls SET tool_name = 'locked' WHERE id = {}", ids[0]);
+    assert_eq!(summarize(&a.simple(&lock).await), ["C:UPDATE 1", "Z:T"]);
+    drop(a);
+    // The only server connection must come back without the open transaction:
+    // the row lock is gone and the update was rolled back.
+    let mut b = login(&proxy, TENANT_A).await;
+    let update = format!("UPDATE tool_calls SET tool_name = 'next' WHERE id = {}", ids[0]);
+    assert_eq!(summarize(&b.simple("SET lock_timeout = '5s'").await), ["C:SET", "Z:I"]);
+    assert_eq!(summarize(&b.simple(&update).await), ["C:UPDATE 1", "Z:I"]);
+    let su = pg.superuser().await;
+    let open: i64 = su
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app_user' AND xact_start IS NOT NULL AND state <> 'active'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 0);
+}
+
+#[tokio::test]
+async fn disconnect_during_a_running_query_cancels_it() {
+    let pg = PgCluster::start().await;
+    let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(2)).await;
+    let mut a = login(&proxy, TENANT_A).await;
+    a.query("SELECT pg_sleep(60)").flush().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(a);
+    let su = pg.superuser().await;
+    let mut still_running = true;
+    for _ in 0..50 {
+        let n: i64 = su
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 0 {
+            still_running = false;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!still_running, "the abandoned pg_sleep(60) is still running");
+}
+
+#[tokio::test]
+async fn case22_pool_recovers_after_an_upstream_restart() {
+    let pg = PgCluster::start().await;
+    let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(2)).await;
+    let mut a = login(&proxy, TENANT_A).await;
+    let mut b = login(&proxy, TENANT_B).await;
+    assert_eq!(summarize(&a.simple(TENANT_QUERY).await)[1], format!("D:{TENANT_A}"));
+    assert_eq!(summarize(&b.simple(TENANT_QUERY).await)[1], format!("D:{TENANT_B}"));
+    pg.restart();
+    // Idle clients keep their sessions; the dead server connections are replaced.
+    for _ in 0..3 {
+        assert_eq!(summarize(&a.simple(TENANT_QUERY).await), ["T", &format!("D:{TENANT_A}"), "C:SELECT 1", "Z:I"]);
+        assert_eq!(summarize(&b.simple(TENANT_QUERY).await), ["T", &format!("D:{TENANT_B}"), "C:SELECT 1", "Z:I"]);
+    }
+}
+
+#[tokio::test]
+async fn case20_a_thousand_clients_of_a_hundred_tenants_on_a_pool_of_ten() {
+    let pg = PgCluster::start().await;
+    let proxy = std::sync::Arc::new(Proxy::start(&pg, ProxyOptions::default().pool_size(10)).await);
+    let tenants: Vec<String> = (0..100).map(|i| format!("00000000-0000-4000-8000-{i:012}")).collect();
+    {
+        let su = pg.superuser().await;
+        for t in &tenants {
+            let sql = format!("INSERT INTO tool_calls (tenant_id, tool_name) VALUES ('{t}', '{t}')");
+            su.batch_execute(&sql).await.unwrap();
+        }
+    }
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let proxy = proxy.clone();
+        let tenant = tenants[i % 100].clone();
+        tasks.push(tokio::spawn(async move {
+            let client = proxy.connect(&tenant).await;
+            let mut seen = Vec::new();
+            for _ in 0..3 {
+                let rows = client.query("SELECT tool_name FROM tool_calls", &[]).await.unwrap();
+                seen.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+            }
+            (tenant, seen)
+        }));
+    }
+    for task in tasks {
+        let (tenant, seen) = task.await.unwrap();
+        assert_eq!(seen, vec![tenant.clone(), tenant.clone(), tenant.clone()], "tenant {tenant}");
+    }
+    let backends = app_user_backends(&pg, "app_user").await;
+    assert!(backends <= 10, "{backends} server connections for pool_size 10");
+}
+
+#[tokio::test]
+async fn case17_named_statement_runs_across_pooled_connections() {
+    let pg = PgCluster::start().await;
+    let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(4)).await;
+    let a = proxy.connect(TENANT_A).await;
+    let stmt = a.prepare("SELECT current_setting('app.current_tenant_id') || '/' || $1::text").await.unwrap();
+    // Other clients keep the pool's connections busy in between, so A's
+    // executions land on different server connections.
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(proxy.connect(TENANT_B).await);
+    }
+    let mut backends = std::collections::HashSet::new();
+    for i in 0..100 {
+        let busy: Vec<_> = others.iter().map(|o| o.simple_query("SELECT pg_sleep(0.001)")).collect();
+        let row = a.query_one(&stmt, &[&i.to_string()]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), format!("{TENANT_A}/{i}"));
+        let pid: i32 = a.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+        backends.insert(pid);
+        for b in busy {
+            b.await.unwrap();
+        }
+    }
+    assert!(backends.len() > 1, "expected executions on several server connections");
+    // B cannot use A's statement name (tokio-postgres names them s0, s1, ...).
+    let mut b = login(&proxy, TENANT_B).await;
+    b.bind("", "s0", &[Some(b"x")]).execute("", 0).sync();
+    b.flush().await;
+    assert_eq!(summarize(&b.read_until_ready().await), ["E:26000", "Z:I"]);
+}
+
+#[tokio::test]
+async fn discard_all_does_not_break_prepared_statements() {
+    let pg = PgCluster::start().await;
+    let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(1)).await;
+    let a = proxy.connect(TENANT_A).await;
+    let stmt = a.prepare("SELECT $1::int + 1").await.unwrap();
+    assert_eq!(a.query_one(&stmt, &[&1i32]).await.unwrap().get::<_, i32>(0), 2);
+    let b = proxy.connect(TENANT_B).await;
+    let other = b.prepare("SELECT $1::int + 1").await.unwrap();
+    b.batch_execute("DISCARD ALL").await.unwrap();
+    // A's statement is re-prepared on demand on the (only) server connection.
+    assert_eq!(a.query_one(&stmt, &[&41i32]).await.unwrap().get::<_, i32>(0), 42);
+    // B's was discarded by B itself, as on a direct connection.
+    assert!(b.query_one(&other, &[&1i32]).await.is_err());
+}
