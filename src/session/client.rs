@@ -75,6 +75,11 @@ pub struct Session {
     statements: ClientStatements,
     /// The client's unnamed statement contains transaction control.
     unnamed_tx: bool,
+    /// The attached server may carry session state of this client (a
+    /// session-level SET, LISTEN, temp table, ...). Such a connection is
+    /// closed instead of going back to the pool, so nothing can reach
+    /// another tenant; tracking and re-applying that state is future work.
+    dirty: bool,
     standard_conforming_strings: bool,
 }
 
@@ -150,6 +155,7 @@ impl Session {
             predicted: Some(IDLE),
             server_status: IDLE,
             statements: ClientStatements::default(),
+            dirty: false,
             unnamed_tx: false,
             standard_conforming_strings: scs,
         })
@@ -244,6 +250,7 @@ impl Session {
         let inject = starts_transaction && !insp.lex_error && !insp.statements.is_empty() && !single_no_block;
         let tx_control = insp.statements.iter().any(|s| s.tx != TxControl::None);
         self.note_deallocation(&insp);
+        self.dirty |= leaves_session_state(&insp, &sql);
         match inject::rewrite_query(&sql, &insp, &self.tenant_stmt, inject) {
             None => {
                 self.sout.extend_from_slice(&msg);
@@ -277,6 +284,7 @@ impl Session {
         self.begin_step(tx);
         self.unit_tx |= tx;
         self.note_deallocation(&insp);
+        self.dirty |= leaves_session_state(&insp, &sql);
         let refusal = if insp.lex_error {
             Some(Refused::unparsable())
         } else {
@@ -488,7 +496,7 @@ impl Session {
         }
         if let Some(pooled) = self.server.take() {
             *self.cancel.slot.lock().await = None;
-            if pooled.conn.rbuf.is_empty() {
+            if pooled.conn.rbuf.is_empty() && !std::mem::take(&mut self.dirty) {
                 self.shared.pool.checkin(pooled);
             }
         }
@@ -537,7 +545,7 @@ impl Session {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.flush_client()).await;
         let Some(pooled) = self.server.take() else { return };
         *self.cancel.slot.lock().await = None;
-        let clean = self.outstanding.is_empty() && !self.unit_open && self.server_status == IDLE;
+        let clean = self.outstanding.is_empty() && !self.unit_open && self.server_status == IDLE && !self.dirty;
         if clean && pooled.conn.rbuf.is_empty() {
             self.shared.pool.checkin(pooled);
             return;
@@ -622,4 +630,16 @@ fn parse_fields(msg: &Bytes) -> Option<(Bytes, Bytes, Bytes)> {
         return None;
     }
     Some((msg.slice_ref(name), msg.slice_ref(sql), msg.slice_ref(types)))
+}
+
+/// Whether running these statements may leave session state on the server
+/// that a later client could observe. Conservative: any session-level
+/// effect the inspector knows, and any `set_config` call (its third argument
+/// may make it session-wide).
+fn leaves_session_state(insp: &Inspection, sql: &[u8]) -> bool {
+    let session = insp.statements.iter().any(|s| match &s.session {
+        None | Some(SessionEffect::Set { local: true, .. }) => false,
+        Some(_) => true,
+    });
+    session || sql.windows(10).any(|w| w.eq_ignore_ascii_case(b"set_config"))
 }

@@ -527,18 +527,7 @@ fn unsafe_encoding_values(toks: &[Token<'_>], mut k: usize) -> bool {
         return false;
     }
     while let Some(tok) = toks.get(k) {
-        let constant = matches!(
-            tok.kind,
-            TokenKind::Ident
-                | TokenKind::QuotedIdent
-                | TokenKind::UnicodeIdent
-                | TokenKind::String
-                | TokenKind::EscapeString
-                | TokenKind::UnicodeString
-                | TokenKind::NationalString
-                | TokenKind::DollarString
-                | TokenKind::Number
-        );
+        let constant = tok.is_identifier() || tok.is_string() || tok.kind == TokenKind::Number;
         match tok.value_bytes() {
             Some(v) if constant && !is_unsafe_encoding(v) => {}
             _ => return true,
