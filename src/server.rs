@@ -101,6 +101,10 @@ async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     let timeout = shared.config.listen.startup_timeout;
     match tokio::time::timeout(timeout, login::handshake(tcp, peer, &shared)).await {
         Err(_) => tracing::info!(%peer, "client did not finish startup in time; disconnected"),
+        // A peer that leaves during startup (a port probe, a health check) is not worth a warning.
+        Ok(Err(fatal)) if fatal.code == "08006" => {
+            tracing::debug!(%peer, message = %fatal.message, "client left during startup")
+        }
         Ok(Err(fatal)) => tracing::warn!(%peer, code = fatal.code, message = %fatal.message, "login refused"),
         Ok(Ok(Outcome::Done)) => {}
         Ok(Ok(Outcome::LoggedIn(logged))) => client::run(shared, *logged, peer).await,

@@ -71,19 +71,17 @@ fn assert_not_leaked(text: &str, secret: &str, place: &str) {
     }
 }
 
-/// Waits until the proxy logged at least `refusals` refused logins, then checks that none of
-/// `secrets` appears in its log.
+/// Waits until the proxy logged at least `refusals` logins refused with 28P01, then checks that
+/// none of `secrets` appears in its log.
 async fn assert_log_clean(proxy: &Proxy, refusals: usize, secrets: &[&str]) {
+    let count = |log: &str| log.lines().filter(|l| l.contains("login refused") && l.contains("28P01")).count();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut log = proxy.log();
-    while log.matches("login refused").count() < refusals && Instant::now() < deadline {
+    while count(&log) < refusals && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
         log = proxy.log();
     }
-    assert!(
-        log.matches("login refused").count() >= refusals,
-        "expected {refusals} refused logins in the proxy log:\n{log}"
-    );
+    assert!(count(&log) >= refusals, "expected {refusals} logins refused with 28P01 in the proxy log:\n{log}");
     for secret in secrets {
         assert_not_leaked(&log, secret, "the proxy log");
     }
@@ -133,32 +131,32 @@ impl Certs {
              extendedKeyUsage=serverAuth\nsubjectAltName={san}\n"
         );
         std::fs::write(d.join("leaf.ext"), ext).expect("write leaf.ext");
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        openssl(d, &[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2"]].concat(), &[
-            "-subj",
-            "/CN=pgtenant test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
-        openssl(d, &[&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr"]].concat(), &[
-            "-subj",
-            "/CN=localhost",
-        ]);
+        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
         openssl(
             d,
-            &["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-set_serial", "2"],
-            &["-days", "2", "-out", "server.crt", "-extfile", "leaf.ext"],
+            &format!("req -x509 {ec} -keyout ca.key -out ca.crt -days 2"),
+            &[
+                "-subj",
+                "/CN=pgtenant test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
         );
+        openssl(d, &format!("req {ec} -keyout server.key -out server.csr"), &["-subj", "/CN=localhost"]);
+        let sign = "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -set_serial 2 -days 2 -out server.crt";
+        openssl(d, sign, &["-extfile", "leaf.ext"]);
         Certs { ca: d.join("ca.crt"), cert: d.join("server.crt"), key: d.join("server.key"), _dir: dir }
     }
 
     /// `options` with `listen.tls_cert` and `listen.tls_key` set to these files.
     fn configure(&self, options: ProxyOptions) -> ProxyOptions {
-        options
-            .set("listen", "tls_cert", support::toml_str(&self.cert.display().to_string()))
-            .set("listen", "tls_key", support::toml_str(&self.key.display().to_string()))
+        options.set("listen", "tls_cert", support::toml_str(&self.cert.display().to_string())).set(
+            "listen",
+            "tls_key",
+            support::toml_str(&self.key.display().to_string()),
+        )
     }
 
     /// A tokio-postgres TLS connector trusting only this CA.
@@ -179,19 +177,25 @@ impl Certs {
     }
 }
 
-fn openssl(dir: &Path, args: &[&str], more: &[&str]) {
-    let out = Command::new("openssl").args(args).args(more).current_dir(dir).output().expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?} {more:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Runs `openssl` in `dir` with the space-separated `args`, then `more` (which may hold spaces).
+fn openssl(dir: &Path, args: &str, more: &[&str]) {
+    let out = Command::new("openssl").args(args.split(' ')).args(more).current_dir(dir).output().expect("run openssl");
+    assert!(out.status.success(), "openssl {args:?} {more:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A client config for the proxy's port on `host` (only), as user `anyname` to database `app`.
+/// ([`Proxy::config`] already names 127.0.0.1, and `Config::host` adds rather than replaces.)
+fn config_for(proxy: &Proxy, host: &str, token: &str) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config.host(host).port(proxy.port()).user("anyname").password(token).dbname("app");
+    config.connect_timeout(Duration::from_secs(10));
+    config
 }
 
 /// Connects with tokio-postgres over TLS (`sslmode=require`, CA-verified) to `host`.
 async fn connect_tls(proxy: &Proxy, certs: &Certs, host: &str, token: &str) -> Result<Client, tokio_postgres::Error> {
-    let mut config = proxy.config(token);
-    config.host(host).ssl_mode(SslMode::Require);
+    let mut config = config_for(proxy, host, token);
+    config.ssl_mode(SslMode::Require);
     let (client, connection) = config.connect(certs.connector()).await?;
     tokio::spawn(async move {
         let _ = connection.await;
@@ -420,7 +424,8 @@ async fn text_tenant_format_accepts_safe_ids_and_refuses_hostile_ones() {
     let proxy = Proxy::start(&pg, ProxyOptions::default().set("auth", "tenant_format", "\"text\"")).await;
     let safe = "acme-corp_1.eu:team@x";
     assert_eq!(accepted(&proxy, &proxy.token_with(claims_with(safe, json!({})))).await, safe);
-    let hostile = ["a'; drop", "a'; DROP TABLE tool_calls; --", "a\\", "", &"x".repeat(65)];
+    let long = "x".repeat(65);
+    let hostile = ["a'; drop", "a'; DROP TABLE tool_calls; --", "a\\", "", long.as_str()];
     let mut tokens = Vec::new();
     for value in hostile {
         let token = proxy.token_with(claims_with(value, json!({})));
@@ -471,8 +476,8 @@ async fn token_size_limit_is_16_kib() {
     let pg = PgCluster::start().await;
     let proxy = Proxy::start(&pg, ProxyOptions::default()).await;
     let padded = |pad: usize| proxy.token_with(claims_with(TENANT_A, json!({ "pad": "x".repeat(pad) })));
-    // The smallest padding giving a token of at least `len` bytes.
-    let sized = |len: usize| (0..).map(padded).find(|t| t.len() >= len).unwrap();
+    // The smallest padding giving a token of at least `len` bytes (base64 grows by 4/3).
+    let sized = |len: usize| ((len * 3 / 4).saturating_sub(400)..).map(&padded).find(|t| t.len() >= len).unwrap();
 
     let twelve = sized(12 * 1024);
     assert!(twelve.len() < 13 * 1024);
@@ -632,8 +637,7 @@ async fn non_loopback_clients_must_use_tls() {
     assert!(fields[&'M'].contains("TLS"), "{fields:?}");
 
     let token = proxy.token(TENANT_A);
-    let mut config = proxy.config(&token);
-    config.host(&ip.to_string());
+    let config = config_for(&proxy, &ip.to_string(), &token);
     let err = config.connect(NoTls).await.err().expect("a plaintext login from a non-loopback address");
     let db = err.as_db_error().unwrap_or_else(|| panic!("not a server error: {err:?}"));
     assert_eq!((db.severity(), db.code().code()), ("FATAL", "28000"), "{}", db.message());
@@ -656,8 +660,7 @@ async fn allow_plaintext_auth_admits_non_loopback_clients() {
     let pg = PgCluster::start().await;
     let options = ProxyOptions::default().listen_host("0.0.0.0").set("listen", "allow_plaintext_auth", "true");
     let proxy = Proxy::start(&pg, options).await;
-    let mut config = proxy.config(&proxy.token(TENANT_A));
-    config.host(&ip.to_string());
+    let config = config_for(&proxy, &ip.to_string(), &proxy.token(TENANT_A));
     let (client, connection) = match config.connect(NoTls).await {
         Ok(pair) => pair,
         Err(e) => panic!("plaintext login from {ip} failed: {}\n--- proxy log ---\n{}", describe(&e), proxy.log()),

@@ -19,10 +19,60 @@ fn openssl(dir: &Path, args: &[&str]) {
 fn make_ca_and_server_cert(dir: &Path, prefix: &str) {
     let ca_key = format!("{prefix}ca.key");
     let ca_crt = format!("{prefix}ca.crt");
-    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &ca_key, "-out", &ca_crt, "-days", "2", "-subj", "/CN=test-ca"]);
-    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca_crt,
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
     std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-    openssl(dir, &["x509", "-req", "-in", "server.csr", "-CA", &ca_crt, "-CAkey", &ca_key, "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf"]);
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            &ca_crt,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
 }
 
 /// Turns on TLS in the cluster with a fresh CA; returns the CA file.
@@ -70,9 +120,11 @@ async fn tls_modes_against_a_server_with_ssl() {
         let proxy = Proxy::start(&pg, ProxyOptions::default().set("upstream", "tls", &format!("\"{mode}\""))).await;
         assert_eq!(ssl_in_use(&proxy).await, expected, "tls = {mode}");
     }
-    let verify = ProxyOptions::default()
-        .set("upstream", "tls", "\"verify-full\"")
-        .set("upstream", "tls_ca_file", &toml_path(&ca));
+    let verify = ProxyOptions::default().set("upstream", "tls", "\"verify-full\"").set(
+        "upstream",
+        "tls_ca_file",
+        &toml_path(&ca),
+    );
     let proxy = Proxy::start(&pg, verify).await;
     assert_eq!(ssl_in_use(&proxy).await, "true", "verify-full with the right CA");
 }
@@ -84,9 +136,11 @@ async fn verify_full_with_another_ca_refuses_the_server() {
     enable_ssl(&pg, certs.path()).await;
     let other = tempfile::tempdir().unwrap();
     make_ca_and_server_cert(other.path(), "");
-    let verify = ProxyOptions::default()
-        .set("upstream", "tls", "\"verify-full\"")
-        .set("upstream", "tls_ca_file", &toml_path(&other.path().join("ca.crt")));
+    let verify = ProxyOptions::default().set("upstream", "tls", "\"verify-full\"").set(
+        "upstream",
+        "tls_ca_file",
+        &toml_path(&other.path().join("ca.crt")),
+    );
     let proxy = Proxy::start(&pg, verify).await;
     let mut c = RawClient::connect(proxy.port()).await;
     let err = c.login("anyname", "app", &proxy.token(TENANT_A)).await.unwrap_err();

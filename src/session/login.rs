@@ -57,45 +57,65 @@ pub async fn handshake(tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Res
     }
 }
 
-/// Answers SSLRequest/GSSENCRequest until a StartupMessage arrives.
+/// What the unencrypted part of the startup phase ended with.
+enum Plain {
+    Startup(Startup),
+    Tls,
+    Cancelled,
+}
+
+/// Answers SSLRequest/GSSENCRequest until a StartupMessage arrives, upgrading
+/// to TLS when asked and configured. Errors are reported to the client.
 async fn negotiate(
     mut tcp: TcpStream,
     buf: &mut BytesMut,
     shared: &Shared,
 ) -> Result<Option<(ClientStream, Startup)>, Fatal> {
+    let plain = match plain_phase(&mut tcp, buf, shared).await {
+        Ok(p) => p,
+        Err(fatal) => {
+            fatal.send(&mut tcp).await;
+            return Err(fatal);
+        }
+    };
+    let acceptor = match plain {
+        Plain::Startup(s) => return Ok(Some((MaybeTls::Plain(tcp), s))),
+        Plain::Cancelled => return Ok(None),
+        Plain::Tls => shared.tls.clone().expect("TLS is configured"),
+    };
+    let tls = acceptor.accept(tcp).await.map_err(|e| Fatal::new("08P01", format!("TLS handshake failed: {e}")))?;
+    let mut stream = MaybeTls::Tls(Box::new(tls));
+    let result = match read_packet(&mut stream, buf).await {
+        Ok(StartupPacket::Startup(s)) => return Ok(Some((stream, s))),
+        Ok(StartupPacket::Cancel { pid, secret }) => {
+            shared.cancel.cancel(pid, secret).await;
+            return Ok(None);
+        }
+        Ok(_) => Fatal::new("08P01", "unexpected packet after TLS negotiation"),
+        Err(fatal) => fatal,
+    };
+    result.send(&mut stream).await;
+    Err(result)
+}
+
+async fn plain_phase(tcp: &mut TcpStream, buf: &mut BytesMut, shared: &Shared) -> Result<Plain, Fatal> {
     loop {
-        match read_packet(&mut tcp, buf).await? {
-            StartupPacket::SslRequest => {
-                let Some(acceptor) = shared.tls.clone() else {
-                    write(&mut tcp, b"N").await?;
-                    continue;
-                };
+        match read_packet(tcp, buf).await? {
+            StartupPacket::SslRequest if shared.tls.is_some() => {
                 // Bytes sent before the handshake would be trusted as if they
                 // came over TLS (CVE-2021-23214): refuse them.
                 if !buf.is_empty() {
                     return Err(Fatal::new("08P01", "unexpected data after SSLRequest"));
                 }
-                write(&mut tcp, b"S").await?;
-                let tls = acceptor
-                    .accept(tcp)
-                    .await
-                    .map_err(|e| Fatal::new("08P01", format!("TLS handshake failed: {e}")))?;
-                let mut stream = MaybeTls::Tls(Box::new(tls));
-                return match read_packet(&mut stream, buf).await? {
-                    StartupPacket::Startup(s) => Ok(Some((stream, s))),
-                    StartupPacket::Cancel { pid, secret } => {
-                        shared.cancel.cancel(pid, secret).await;
-                        Ok(None)
-                    }
-                    _ => Err(Fatal::new("08P01", "unexpected packet after TLS negotiation")),
-                };
+                write(tcp, b"S").await?;
+                return Ok(Plain::Tls);
             }
-            StartupPacket::GssEncRequest => write(&mut tcp, b"N").await?,
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => write(tcp, b"N").await?,
             StartupPacket::Cancel { pid, secret } => {
                 shared.cancel.cancel(pid, secret).await;
-                return Ok(None);
+                return Ok(Plain::Cancelled);
             }
-            StartupPacket::Startup(s) => return Ok(Some((MaybeTls::Plain(tcp), s))),
+            StartupPacket::Startup(s) => return Ok(Plain::Startup(s)),
         }
     }
 }

@@ -1,0 +1,111 @@
+//! Bad input from a client ends that client's connection with a clear error
+//! and never disturbs the proxy or other clients.
+
+mod support;
+
+use tokio::io::AsyncWriteExt;
+
+use support::{summarize, PgCluster, Proxy, ProxyOptions, RawClient, TENANT_A, TENANT_B};
+
+async fn login(proxy: &Proxy, tenant: &str) -> RawClient {
+    let mut c = RawClient::connect(proxy.port()).await;
+    c.login("anyname", "app", &proxy.token(tenant)).await.expect("login");
+    c
+}
+
+async fn still_serves(proxy: &Proxy, bystander: &mut RawClient) {
+    let q = "SELECT current_setting('app.current_tenant_id')";
+    assert_eq!(summarize(&bystander.simple(q).await), ["T", &format!("D:{TENANT_B}"), "C:SELECT 1", "Z:I"]);
+    let mut fresh = login(proxy, TENANT_A).await;
+    assert_eq!(summarize(&fresh.simple("SELECT 1").await), ["T", "D:1", "C:SELECT 1", "Z:I"]);
+}
+
+fn fatal_code(msgs: &[support::Message]) -> String {
+    let err = msgs.iter().find(|m| m.tag == b'E').unwrap_or_else(|| panic!("no error in {:?}", summarize(msgs)));
+    assert_eq!(err.error_fields()[&'S'], "FATAL");
+    err.sqlstate()
+}
+
+#[tokio::test]
+async fn bad_startup_packets_are_refused() {
+    let pg = PgCluster::start().await;
+    let proxy = Proxy::start(&pg, ProxyOptions::default()).await;
+    let mut bystander = login(&proxy, TENANT_B).await;
+    let cases: [&[u8]; 4] = [
+        b"\x00\x00\x00\x03",                                     // shorter than its own header
+        b"\x7f\xff\xff\xff\x00\x03\x00\x00",                     // claims 2 GB
+        b"\x00\x00\x00\x0c\x00\x02\x00\x00user\x00",             // protocol 2.0
+        b"\x00\x00\x00\x10\x00\x03\x00\x00us\xffr\x00x\x00\x00", // invalid UTF-8
+    ];
+    for bytes in cases {
+        let mut c = RawClient::connect(proxy.port()).await;
+        c.raw_bytes(bytes).flush().await;
+        let msgs = c.expect_closed().await;
+        assert_eq!(fatal_code(&msgs), "08P01", "{bytes:?}");
+    }
+    still_serves(&proxy, &mut bystander).await;
+}
+
+#[tokio::test]
+async fn oversized_and_unknown_messages_end_only_that_session() {
+    let pg = PgCluster::start().await;
+    let proxy = Proxy::start(&pg, ProxyOptions::default()).await;
+    let mut bystander = login(&proxy, TENANT_B).await;
+    let cases: [&[u8]; 4] = [
+        b"Q\x7f\xff\xff\xff",                   // 2 GB Query: refused before any allocation
+        b"Q\x00\x00\x00\x02",                   // length smaller than the length field
+        b"z\x00\x00\x00\x04",                   // unknown message type
+        b"P\x00\x00\x00\x0as\x00q\x00\xff\xff", // Parse with a negative parameter count
+    ];
+    for bytes in cases {
+        let mut c = login(&proxy, TENANT_A).await;
+        c.raw_bytes(bytes).flush().await;
+        assert_eq!(fatal_code(&c.expect_closed().await), "08P01", "{bytes:?}");
+    }
+    still_serves(&proxy, &mut bystander).await;
+}
+
+#[tokio::test]
+async fn truncated_frames_and_abrupt_disconnects_are_harmless() {
+    let pg = PgCluster::start().await;
+    let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(2)).await;
+    let mut bystander = login(&proxy, TENANT_B).await;
+    for cut in [1usize, 3, 5, 9] {
+        let mut c = login(&proxy, TENANT_A).await;
+        let full = b"Q\x00\x00\x00\x0dSELECT 1\x00";
+        c.stream_mut().write_all(&full[..cut]).await.unwrap();
+        drop(c);
+    }
+    // Invalid UTF-8 in a query is PostgreSQL's to reject; the session goes on.
+    let mut c = login(&proxy, TENANT_A).await;
+    c.raw(b'Q', b"SELECT '\xff\xfe'\x00").flush().await;
+    assert_eq!(summarize(&c.read_until_ready().await), ["E:22021", "Z:I"]);
+    assert_eq!(summarize(&c.simple("SELECT 1").await), ["T", "D:1", "C:SELECT 1", "Z:I"]);
+    still_serves(&proxy, &mut bystander).await;
+}
+
+#[tokio::test]
+async fn random_bytes_after_login_never_take_the_proxy_down() {
+    let pg = PgCluster::start().await;
+    let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(2)).await;
+    let mut bystander = login(&proxy, TENANT_B).await;
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..60 {
+        let mut c = login(&proxy, TENANT_A).await;
+        let len = (next() % 200) as usize;
+        let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        // Keep message lengths small half of the time so frames complete.
+        if bytes.len() > 5 && next() % 2 == 0 {
+            bytes[1..5].copy_from_slice(&((len as u32 - 1).min(64)).to_be_bytes());
+        }
+        let _ = c.stream_mut().write_all(&bytes).await;
+        let _ = c.try_read_message(std::time::Duration::from_millis(50)).await;
+    }
+    still_serves(&proxy, &mut bystander).await;
+}
