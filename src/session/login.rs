@@ -187,7 +187,7 @@ fn check_startup(startup: &Startup, shared: &Shared) -> Result<String, Fatal> {
     let setting = &shared.config.tenant.setting;
     for (name, value) in &startup.params {
         let named = name.eq_ignore_ascii_case(setting);
-        let in_options = name == "options" && value.to_ascii_lowercase().contains(setting.as_str());
+        let in_options = name == "options" && normalize_options(value).contains(setting.as_str());
         if named || in_options {
             return Err(Fatal::new("42501", format!("setting \"{setting}\" at connection start is not allowed"))
                 .hint("the tenant comes from your token"));
@@ -197,6 +197,13 @@ fn check_startup(startup: &Startup, shared: &Shared) -> Result<String, Fatal> {
         }
     }
     Ok(user.to_string())
+}
+
+/// PostgreSQL unescapes backslashes in `options` and turns dashes into
+/// underscores in `--name=value`; normalise the same way before looking for
+/// the setting, so no spelling slips through.
+fn normalize_options(value: &str) -> String {
+    value.to_ascii_lowercase().replace('\\', "").replace('-', "_")
 }
 
 async fn read_password(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<String, Fatal> {
@@ -218,5 +225,18 @@ async fn read_password(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<
         if stream.read_buf(buf).await.map_err(|_| Fatal::new("08006", "client went away"))? == 0 {
             return Err(Fatal::new("08006", "client closed the connection during authentication"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_options;
+
+    #[test]
+    fn options_spellings_are_normalised() {
+        for raw in ["-c app.current_tenant_id=x", "-c APP.current\\_tenant_id=x", "--app.current-tenant-id=x"] {
+            assert!(normalize_options(raw).contains("app.current_tenant_id"), "{raw}");
+        }
+        assert!(!normalize_options("-c search_path=x").contains("app.current_tenant_id"));
     }
 }
