@@ -238,3 +238,24 @@ async fn discard_all_does_not_break_prepared_statements() {
     // B's was discarded by B itself, as on a direct connection.
     assert!(b.query_one(&other, &[&1i32]).await.is_err());
 }
+
+#[tokio::test]
+async fn a_server_connection_killed_mid_transaction_is_replaced() {
+    let pg = PgCluster::start().await;
+    let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(1)).await;
+    let mut a = login(&proxy, TENANT_A).await;
+    assert_eq!(summarize(&a.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
+    let msgs = a.simple("SELECT pg_backend_pid()::text").await;
+    let pid: i32 = msgs[1].data_row()[0].clone().unwrap().parse().unwrap();
+    let su = pg.superuser().await;
+    su.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
+    // The client learns that its transaction is gone...
+    let closed = a.expect_closed().await;
+    let codes: Vec<String> = closed.iter().filter(|m| m.tag == b'E').map(|m| m.sqlstate()).collect();
+    assert!(codes.contains(&"08006".to_string()) || codes.contains(&"57P01".to_string()), "{codes:?}");
+    // ...and the only pool slot is usable again with a fresh server connection.
+    let mut b = login(&proxy, TENANT_B).await;
+    let msgs = b.simple("SELECT pg_backend_pid()::text").await;
+    let new_pid: i32 = msgs[1].data_row()[0].clone().unwrap().parse().unwrap();
+    assert_ne!(new_pid, pid);
+}
