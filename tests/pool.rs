@@ -65,7 +65,7 @@ async fn upstream_md5_and_trust_logins_work() {
     let md5 = ProxyOptions::default().upstream_user("md5_user").set(
         "upstream",
         "password",
-        &format!("\"{}\"", pg.md5_password()),
+        format!("\"{}\"", pg.md5_password()),
     );
     let proxy = Proxy::start(&pg, md5).await;
     let mut c = login(&proxy, TENANT_A).await;

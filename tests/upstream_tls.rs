@@ -117,13 +117,13 @@ async fn tls_modes_against_a_server_with_ssl() {
     let certs = tempfile::tempdir().unwrap();
     let ca = enable_ssl(&pg, certs.path()).await;
     for (mode, expected) in [("disable", "false"), ("prefer", "true"), ("require", "true")] {
-        let proxy = Proxy::start(&pg, ProxyOptions::default().set("upstream", "tls", &format!("\"{mode}\""))).await;
+        let proxy = Proxy::start(&pg, ProxyOptions::default().set("upstream", "tls", format!("\"{mode}\""))).await;
         assert_eq!(ssl_in_use(&proxy).await, expected, "tls = {mode}");
     }
     let verify = ProxyOptions::default().set("upstream", "tls", "\"verify-full\"").set(
         "upstream",
         "tls_ca_file",
-        &toml_path(&ca),
+        toml_path(&ca),
     );
     let proxy = Proxy::start(&pg, verify).await;
     assert_eq!(ssl_in_use(&proxy).await, "true", "verify-full with the right CA");
@@ -139,7 +139,7 @@ async fn verify_full_with_another_ca_refuses_the_server() {
     let verify = ProxyOptions::default().set("upstream", "tls", "\"verify-full\"").set(
         "upstream",
         "tls_ca_file",
-        &toml_path(&other.path().join("ca.crt")),
+        toml_path(&other.path().join("ca.crt")),
     );
     let proxy = Proxy::start(&pg, verify).await;
     let mut c = RawClient::connect(proxy.port()).await;

@@ -360,11 +360,13 @@ impl Session {
         let (_portal, rest) = frame::cstr(&msg[frame::HEADER_LEN..]).ok_or_else(bad)?;
         let (name, _) = frame::cstr(rest).ok_or_else(bad)?;
         if name.is_empty() {
-            return Ok(self.forward_step(Step::Bind, msg, self.unnamed_tx));
+            self.forward_step(Step::Bind, msg, self.unnamed_tx);
+            return Ok(());
         }
         let Some(stmt) = self.statements.get(name).cloned() else {
             // Unknown to the proxy: PostgreSQL will say it does not exist.
-            return Ok(self.forward_step(Step::Bind, msg, false));
+            self.forward_step(Step::Bind, msg, false);
+            return Ok(());
         };
         self.begin_step(stmt.tx);
         self.unit_tx |= stmt.tx;
