@@ -224,3 +224,29 @@ async fn injection_is_invisible_even_with_notices() {
     assert_eq!(summarize(&c.simple("").await), ["I", "Z:I"]);
     assert_eq!(summarize(&c.simple(";").await), ["I", "Z:I"]);
 }
+
+#[tokio::test]
+async fn extended_injection_binds_the_tenant_and_spares_the_unnamed_statement() {
+    let pg = PgCluster::start().await;
+    let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(1)).await;
+    let mut c = login(&proxy, TENANT_A).await;
+    // An unnamed statement prepared in one transaction and bound in the next
+    // (same server connection: pool_size 1) is still the client's own.
+    c.parse("", TENANT_QUERY, &[]).sync();
+    c.flush().await;
+    assert_eq!(summarize(&c.read_until_ready().await), ["1", "Z:I"]);
+    c.bind("", "", &[]).execute("", 0).sync();
+    c.flush().await;
+    assert_eq!(summarize(&c.read_until_ready().await), ["2", &tenant_row(TENANT_A), "C:SELECT 1", "Z:I"]);
+    // The tenant travels as a bound parameter, and no WARNING is logged for it.
+    let su = pg.superuser().await;
+    let texts: Vec<String> = su
+        .query("SELECT query FROM pg_stat_activity WHERE usename = 'app_user'", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(texts.iter().all(|q| !q.contains(TENANT_A)), "{texts:?}");
+    assert!(!pg.log().contains("SET LOCAL can only be used"), "{}", pg.log());
+}

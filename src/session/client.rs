@@ -57,10 +57,11 @@ pub struct Session {
     outstanding: Outstanding,
     /// `SET LOCAL <setting> = '<tenant>'` for this client.
     tenant_stmt: Bytes,
-    /// `SELECT pg_catalog.set_config('<setting>', '<tenant>', true)`: the
-    /// extended-protocol form, since `SET LOCAL` outside a block makes the
+    /// The tenant id itself, bound as the parameter of [`prepared::tenant_statement`]:
+    /// the extended-protocol form, since `SET LOCAL` outside a block makes the
     /// server log a WARNING for every transaction.
-    tenant_select: Bytes,
+    tenant: Bytes,
+    tenant_select: Arc<Statement>,
     cancel: Registration,
     /// Extended-protocol messages were sent since the last Sync.
     unit_open: bool,
@@ -132,9 +133,8 @@ impl Session {
         let scs = !params.iter().any(|(k, v)| k == "standard_conforming_strings" && v == "off");
         // Both the setting name (validated by config) and the tenant
         // (TenantId's charset) are safe to embed without escaping.
-        let setting = &shared.config.tenant.setting;
+        let setting = shared.config.tenant.setting.clone();
         let stmt = format!("SET LOCAL {setting} = '{}'", tenant.as_str());
-        let select = format!("SELECT pg_catalog.set_config('{setting}', '{}', true)", tenant.as_str());
         tracing::info!(%peer, user = %user, tenant = %tenant.as_str(), tls = stream.is_tls(), "client logged in");
         Ok(Session {
             shared,
@@ -148,7 +148,8 @@ impl Session {
             server_unflushed: false,
             outstanding: Outstanding::default(),
             tenant_stmt: Bytes::from(stmt),
-            tenant_select: Bytes::from(select),
+            tenant: Bytes::copy_from_slice(tenant.as_str().as_bytes()),
+            tenant_select: Arc::new(prepared::tenant_statement(&setting)),
             cancel,
             unit_open: false,
             unit_tx: false,
@@ -429,14 +430,21 @@ impl Session {
         }
         self.unit_open = true;
         self.unit_tx = false;
-        if self.predicted == Some(IDLE) {
-            let text = if tx_first { &self.tenant_stmt } else { &self.tenant_select };
-            build::parse_unnamed(&mut self.sout, text);
+        if self.predicted != Some(IDLE) {
+            return;
+        }
+        if tx_first {
+            build::parse_unnamed(&mut self.sout, &self.tenant_stmt);
             build::bind_unnamed(&mut self.sout);
-            build::execute_unnamed(&mut self.sout);
-            for step in [Step::Parse, Step::Bind, Step::Execute] {
-                self.outstanding.push(Pending::Step(step, Owner::Proxy));
-            }
+            self.outstanding.push(Pending::Step(Step::Parse, Owner::Proxy));
+        } else {
+            let stmt = self.tenant_select.clone();
+            self.prepare_on_server(&stmt, true);
+            prepared::bind_text(&stmt.server_name(), &[&self.tenant], &mut self.sout);
+        }
+        build::execute_unnamed(&mut self.sout);
+        for step in [Step::Bind, Step::Execute] {
+            self.outstanding.push(Pending::Step(step, Owner::Proxy));
         }
     }
 

@@ -33,9 +33,41 @@ impl Statement {
     }
 }
 
+/// Id reserved for the proxy's own tenant statement (see [`tenant_statement`]).
+pub const TENANT_STATEMENT_ID: u64 = u64::MAX;
+
 /// The server-side name of statement `id`.
 pub fn server_name(id: u64) -> Vec<u8> {
+    if id == TENANT_STATEMENT_ID {
+        return b"pgtenant_tenant".to_vec();
+    }
     format!("pgtenant_{id}").into_bytes()
+}
+
+/// The statement that sets the tenant for the current transaction, with the
+/// tenant as a bound parameter: prepared once per server connection, and the
+/// tenant never appears in any query text (`pg_stat_activity`, logs).
+pub fn tenant_statement(setting: &str) -> Statement {
+    let text = format!("SELECT pg_catalog.set_config('{setting}', $1, true)");
+    // One parameter, of type text (OID 25).
+    let types = Bytes::from_static(&[0, 1, 0, 0, 0, 25]);
+    Statement { id: TENANT_STATEMENT_ID, text: Bytes::from(text), types, tx: false }
+}
+
+/// Appends a Bind of statement `name` to the unnamed portal with text parameters.
+pub fn bind_text(name: &[u8], params: &[&[u8]], out: &mut BytesMut) {
+    build::message(out, b'B', |b| {
+        b.put_u8(0);
+        b.put_slice(name);
+        b.put_u8(0);
+        b.put_u16(0);
+        b.put_u16(params.len() as u16);
+        for p in params {
+            b.put_u32(p.len() as u32);
+            b.put_slice(p);
+        }
+        b.put_u16(0);
+    });
 }
 
 /// Assigns ids to distinct (text, parameter types) pairs, process-wide.
