@@ -343,6 +343,18 @@ async fn expired_token_within_leeway_is_accepted() {
 }
 
 #[tokio::test]
+async fn token_not_valid_yet_is_refused() {
+    let pg = PgCluster::start().await;
+    let proxy = Proxy::start(&pg, ProxyOptions::default()).await;
+    let token = proxy.token_with(claims_with(TENANT_A, json!({ "nbf": now_secs() + 3600 })));
+    refused(&proxy, &token, "not valid yet").await;
+    // Within the leeway (30 s by default) nbf is tolerated.
+    let skewed = proxy.token_with(claims_with(TENANT_A, json!({ "nbf": now_secs() + 5 })));
+    assert_eq!(accepted(&proxy, &skewed).await, TENANT_A);
+    assert_log_clean(&proxy, 1, &[&token, &skewed]).await;
+}
+
+#[tokio::test]
 async fn token_without_exp_is_refused() {
     let pg = PgCluster::start().await;
     let proxy = Proxy::start(&pg, ProxyOptions::default()).await;
@@ -611,6 +623,7 @@ async fn data_pipelined_after_ssl_request_is_refused() {
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
     assert!(read.is_ok(), "connection still open");
     assert_ne!(answer.first(), Some(&b'S'), "TLS was offered despite pipelined plaintext");
+    assert!(matches!(answer.first(), None | Some(b'E')), "unexpected answer {answer:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -669,6 +682,30 @@ async fn allow_plaintext_auth_admits_non_loopback_clients() {
         let _ = connection.await;
     });
     assert_eq!(current_tenant(&client).await, TENANT_A);
+}
+
+#[tokio::test]
+async fn dual_stack_listener_judges_ipv4_mapped_peers_by_their_ipv4_address() {
+    let Some(ip) = non_loopback_ipv4() else {
+        eprintln!("SKIPPED dual_stack_listener_judges_ipv4_mapped_peers: no non-loopback IPv4 address");
+        return;
+    };
+    if std::net::TcpListener::bind("[::]:0").is_err() {
+        eprintln!("SKIPPED dual_stack_listener_judges_ipv4_mapped_peers: no IPv6");
+        return;
+    }
+    let pg = PgCluster::start().await;
+    // On [::] IPv4 clients arrive as ::ffff:a.b.c.d.
+    let proxy = Proxy::start(&pg, ProxyOptions::default().listen_host("[::]")).await;
+    assert_eq!(accepted(&proxy, &proxy.token(TENANT_A)).await, TENANT_A);
+    let replies = startup_replies(ip, proxy.port()).await;
+    assert_eq!(replies.first().map(|m| m.0), Some(b'E'), "tags {:?}", replies.iter().map(|m| m.0 as char));
+    assert_eq!(error_fields(&replies[0].1).get(&'C').map(String::as_str), Some("28000"));
+    if std::net::TcpStream::connect(("::1", proxy.port())).is_ok() {
+        let (client, connection) = config_for(&proxy, "::1", &proxy.token(TENANT_B)).connect(NoTls).await.unwrap();
+        tokio::spawn(connection);
+        assert_eq!(current_tenant(&client).await, TENANT_B);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
