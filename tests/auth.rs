@@ -756,3 +756,44 @@ async fn cancel_request_with_a_wrong_key_does_nothing() {
     let replies = summarize(&raw.read_until_ready().await);
     assert!(replies.contains(&"E:57014".to_string()), "{replies:?}");
 }
+
+/// Signs `claims` with a private key from `tests/keys/`.
+fn mint_asymmetric(alg: jsonwebtoken::Algorithm, key_file: &str, claims: &Value) -> String {
+    let pem = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys").join(key_file)).unwrap();
+    let key = match alg {
+        jsonwebtoken::Algorithm::RS256 => jsonwebtoken::EncodingKey::from_rsa_pem(&pem),
+        jsonwebtoken::Algorithm::ES256 => jsonwebtoken::EncodingKey::from_ec_pem(&pem),
+        _ => jsonwebtoken::EncodingKey::from_ed_pem(&pem),
+    }
+    .unwrap();
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), claims, &key).unwrap()
+}
+
+#[tokio::test]
+async fn asymmetric_algorithms_verify_with_a_pem_public_key() {
+    use jsonwebtoken::Algorithm::{EdDSA, ES256, RS256};
+    let pg = PgCluster::start().await;
+    for (alg, name, private, public) in [
+        (RS256, "RS256", "rsa.key.pem", "rsa.pub.pem"),
+        (ES256, "ES256", "ec256.key.pem", "ec256.pub.pem"),
+        (EdDSA, "EdDSA", "ed25519.key.pem", "ed25519.pub.pem"),
+    ] {
+        let public = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys").join(public);
+        let options = ProxyOptions::default()
+            .unset("auth", "hs_secret")
+            .set("auth", "algorithms", format!("[\"{name}\"]"))
+            .set("auth", "public_key_file", format!("\"{}\"", public.display()));
+        let proxy = Proxy::start(&pg, options).await;
+        let token = mint_asymmetric(alg, private, &default_claims(TENANT_A));
+        let client = proxy.try_connect(&token).await.unwrap_or_else(|e| panic!("{name}: {}", describe(&e)));
+        let tenant: String =
+            client.query_one("SELECT current_setting('app.current_tenant_id')", &[]).await.unwrap().get(0);
+        assert_eq!(tenant, TENANT_A, "{name}");
+        // An HS256 token (HS/RS confusion: the public key as the secret) is refused.
+        let pem = std::fs::read_to_string(&public).unwrap();
+        let forged = mint(&pem, &default_claims(TENANT_A));
+        let mut raw = RawClient::connect(proxy.port()).await;
+        let err = raw.login("anyname", "app", &forged).await.unwrap_err();
+        assert_eq!(err.code(), "28P01", "{name}");
+    }
+}
