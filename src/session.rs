@@ -5,6 +5,7 @@ pub mod client;
 pub mod inject;
 pub mod login;
 pub mod outstanding;
+pub mod params;
 pub mod prepared;
 
 use bytes::BytesMut;

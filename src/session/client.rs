@@ -10,6 +10,7 @@
 //! one `poll_fn`, so a client that pipelines a lot while the server answers a
 //! lot can never deadlock the two sockets against each other.
 
+use std::collections::BTreeSet;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -24,6 +25,7 @@ use tokio_util::io::poll_read_buf;
 use super::inject::{self, Refused, Role};
 use super::login::LoggedIn;
 use super::outstanding::{Action, Outstanding, Owner, Pending, QueryPlan, Step};
+use super::params::{self, Settings};
 use super::prepared::{self, ClientStatements, Statement};
 use super::Fatal;
 use crate::cancel::{Registration, ServerKey};
@@ -81,6 +83,15 @@ pub struct Session {
     /// closed instead of going back to the pool, so nothing can reach
     /// another tenant; tracking and re-applying that state is future work.
     dirty: bool,
+    /// The session settings this client expects on every server connection.
+    desired: Settings,
+    /// Settings the client changed in the current transaction, to be read
+    /// back from the server before the connection is released.
+    changed: BTreeSet<String>,
+    /// The client ran `RESET ALL` or `DISCARD ALL`.
+    reset_all: bool,
+    /// Names of the settings the pending capture query reads, in order.
+    capturing: Vec<String>,
     standard_conforming_strings: bool,
 }
 
@@ -117,11 +128,17 @@ pub async fn run(shared: Arc<Shared>, logged: LoggedIn, peer: SocketAddr) {
 
 impl Session {
     async fn start(shared: Arc<Shared>, logged: LoggedIn, peer: SocketAddr) -> Result<Session, (Fatal, ClientStream)> {
-        let LoggedIn { stream, rbuf, tenant, user, .. } = logged;
-        let params = match shared.pool.server_params(shared.config.upstream.pool_timeout).await {
-            Ok(p) => p,
+        let LoggedIn { stream, rbuf, tenant, user, settings, .. } = logged;
+        let mut params = match shared.pool.server_params(shared.config.upstream.pool_timeout).await {
+            Ok(p) => p.as_ref().clone(),
             Err(e) => return Err((pool_fatal(e), stream)),
         };
+        if !settings.is_empty() {
+            match apply_startup_settings(&shared, &settings).await {
+                Ok(reported) => overlay(&mut params, reported),
+                Err(fatal) => return Err((fatal, stream)),
+            }
+        }
         let cancel = shared.cancel.register();
         let mut cout = BytesMut::with_capacity(1024);
         build::authentication(&mut cout, 0);
@@ -157,6 +174,10 @@ impl Session {
             server_status: IDLE,
             statements: ClientStatements::default(),
             dirty: false,
+            desired: settings,
+            changed: BTreeSet::new(),
+            reset_all: false,
+            capturing: Vec::new(),
             unnamed_tx: false,
             standard_conforming_strings: scs,
         })
@@ -237,6 +258,7 @@ impl Session {
         *self.cancel.slot.lock().await = Some(ServerKey { pid, secret });
         self.server = Some(pooled);
         self.server_status = IDLE;
+        self.sync_settings();
         Ok(())
     }
 
@@ -251,7 +273,7 @@ impl Session {
         let inject = starts_transaction && !insp.lex_error && !insp.statements.is_empty() && !single_no_block;
         let tx_control = insp.statements.iter().any(|s| s.tx != TxControl::None);
         self.note_deallocation(&insp);
-        self.dirty |= leaves_session_state(&insp, &sql);
+        self.note_session_effects(&insp, &sql);
         match inject::rewrite_query(&sql, &insp, &self.tenant_stmt, inject) {
             None => {
                 self.sout.extend_from_slice(&msg);
@@ -285,7 +307,7 @@ impl Session {
         self.begin_step(tx);
         self.unit_tx |= tx;
         self.note_deallocation(&insp);
-        self.dirty |= leaves_session_state(&insp, &sql);
+        self.note_session_effects(&insp, &sql);
         let refusal = if insp.lex_error {
             Some(Refused::unparsable())
         } else {
@@ -305,7 +327,8 @@ impl Session {
             });
         } else {
             let id = self.shared.prepared.id_for(&sql, &types);
-            let stmt = Arc::new(Statement { id, text: sql, types, tx });
+            let session = insp.statements.iter().any(|s| s.session.is_some());
+            let stmt = Arc::new(Statement { id, text: sql, types, tx, session });
             self.statements.insert(name, stmt.clone());
             self.prepare_on_server(&stmt, false);
         }
@@ -328,6 +351,44 @@ impl Session {
             if let Some(server) = self.server.as_mut() {
                 server.conn.prepared.clear();
             }
+        }
+    }
+
+    /// Brings a newly attached server's session settings in line with the
+    /// client's, with one hidden Query in the same write as what follows.
+    fn sync_settings(&mut self) {
+        let server = self.server.as_mut().expect("a server is attached");
+        if let Some(sql) = params::apply_sql(&self.desired, &server.conn.settings, self.standard_conforming_strings) {
+            build::query(&mut self.sout, sql.as_bytes());
+            self.outstanding.push(Pending::Internal { capture: false });
+            server.conn.settings = self.desired.clone();
+        }
+    }
+
+    /// Records what the client's statements do to session state: settings
+    /// are read back later; state that cannot follow the client marks the
+    /// server connection so it is closed instead of pooled.
+    fn note_session_effects(&mut self, insp: &Inspection, sql: &[u8]) {
+        for effect in insp.statements.iter().filter_map(|s| s.session.as_ref()) {
+            match effect {
+                SessionEffect::Set { local: true, .. } => {}
+                SessionEffect::Set { name, .. } | SessionEffect::Reset { name } => {
+                    if params::valid_name(name) && !params::NOT_FOLLOWED.contains(&name.as_str()) {
+                        self.changed.insert(name.clone());
+                    } else {
+                        self.dirty = true;
+                    }
+                }
+                SessionEffect::ResetAll | SessionEffect::Discard(DiscardKind::All) => self.reset_all = true,
+                SessionEffect::Unlisten
+                | SessionEffect::Deallocate { .. }
+                | SessionEffect::Discard(DiscardKind::Plans) => {}
+                _ => self.dirty = true,
+            }
+        }
+        // set_config's third argument may make it session-wide, under any name.
+        if sql.windows(10).any(|w| w.eq_ignore_ascii_case(b"set_config")) {
+            self.dirty = true;
         }
     }
 
@@ -371,6 +432,11 @@ impl Session {
         };
         self.begin_step(stmt.tx);
         self.unit_tx |= stmt.tx;
+        if stmt.session {
+            // Executed again, possibly in another transaction: note its effects again.
+            let insp = self.shared.inspector.inspect(&stmt.text, self.standard_conforming_strings);
+            self.note_session_effects(&insp, &stmt.text);
+        }
         self.prepare_on_server(&stmt, true);
         prepared::rename_bind(msg, &stmt.server_name(), &mut self.sout).ok_or_else(bad)?;
         self.outstanding.push(Pending::Step(Step::Bind, Owner::Client));
@@ -491,6 +557,11 @@ impl Session {
                 server.conn.prepared.remove(&id);
             }
         }
+        if let Some(row) = self.outstanding.take_captured() {
+            self.finish_capture(&row);
+        }
+        // A failed internal query leaves the server's settings unknown.
+        self.dirty |= self.outstanding.take_internal_failed();
         Ok(())
     }
 
@@ -504,11 +575,54 @@ impl Session {
         if !idle {
             return;
         }
+        if self.start_capture() {
+            return;
+        }
         if let Some(pooled) = self.server.take() {
             *self.cancel.slot.lock().await = None;
             if pooled.conn.rbuf.is_empty() && !std::mem::take(&mut self.dirty) {
                 self.shared.pool.checkin(pooled);
             }
+        }
+    }
+
+    /// After a transaction that changed settings, reads them back before the
+    /// server is released. Returns whether a capture query was sent.
+    fn start_capture(&mut self) -> bool {
+        if self.changed.is_empty() && !self.reset_all {
+            return false;
+        }
+        let mut names = std::mem::take(&mut self.changed);
+        if std::mem::take(&mut self.reset_all) {
+            names.extend(self.desired.keys().cloned());
+            if let Some(server) = &self.server {
+                names.extend(server.conn.settings.keys().cloned());
+            }
+        }
+        if names.is_empty() {
+            return false;
+        }
+        self.capturing = names.into_iter().collect();
+        build::query(&mut self.sout, params::capture_sql(&self.capturing).as_bytes());
+        self.outstanding.push(Pending::Internal { capture: true });
+        true
+    }
+
+    /// Takes in the values a capture query read.
+    fn finish_capture(&mut self, row: &[u8]) {
+        let names = std::mem::take(&mut self.capturing);
+        let Some(values) = params::parse_data_row(row).filter(|v| v.len() == names.len()) else {
+            self.dirty = true;
+            return;
+        };
+        for (name, value) in names.into_iter().zip(values) {
+            match value {
+                Some(v) => self.desired.insert(name, v),
+                None => self.desired.remove(&name),
+            };
+        }
+        if let Some(server) = self.server.as_mut() {
+            server.conn.settings = self.desired.clone();
         }
     }
 
@@ -555,7 +669,9 @@ impl Session {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.flush_client()).await;
         let Some(pooled) = self.server.take() else { return };
         *self.cancel.slot.lock().await = None;
-        let clean = self.outstanding.is_empty() && !self.unit_open && self.server_status == IDLE && !self.dirty;
+        let settled = self.changed.is_empty() && !self.reset_all;
+        let clean =
+            self.outstanding.is_empty() && !self.unit_open && self.server_status == IDLE && !self.dirty && settled;
         if clean && pooled.conn.rbuf.is_empty() {
             self.shared.pool.checkin(pooled);
             return;
@@ -642,14 +758,42 @@ fn parse_fields(msg: &Bytes) -> Option<(Bytes, Bytes, Bytes)> {
     Some((msg.slice_ref(name), msg.slice_ref(sql), msg.slice_ref(types)))
 }
 
-/// Whether running these statements may leave session state on the server
-/// that a later client could observe. Conservative: any session-level
-/// effect the inspector knows, and any `set_config` call (its third argument
-/// may make it session-wide).
-fn leaves_session_state(insp: &Inspection, sql: &[u8]) -> bool {
-    let session = insp.statements.iter().any(|s| match &s.session {
-        None | Some(SessionEffect::Set { local: true, .. }) => false,
-        Some(_) => true,
-    });
-    session || sql.windows(10).any(|w| w.eq_ignore_ascii_case(b"set_config"))
+/// Applies a client's startup settings on a server connection, so that bad
+/// values fail the login as they would on PostgreSQL; returns the
+/// ParameterStatus values the server reported for them.
+async fn apply_startup_settings(shared: &Shared, settings: &Settings) -> Result<Vec<(String, String)>, Fatal> {
+    let mut pooled = shared.pool.checkout(shared.config.upstream.pool_timeout).await.map_err(pool_fatal)?;
+    let Some(sql) = params::apply_sql(settings, &pooled.conn.settings, true) else {
+        shared.pool.checkin(pooled);
+        return Ok(Vec::new());
+    };
+    match pooled.conn.simple_query(&sql).await {
+        Ok(Ok(reported)) => {
+            pooled.conn.settings = settings.clone();
+            shared.pool.checkin(pooled);
+            Ok(reported)
+        }
+        Ok(Err(e)) => {
+            // The failed query ran in its own transaction: nothing changed.
+            shared.pool.checkin(pooled);
+            Err(Fatal::new(startup_sqlstate(&e.code), e.message))
+        }
+        Err(e) => Err(Fatal::new("08006", format!("pgtenant could not reach the upstream database: {e}"))),
+    }
+}
+
+/// Replaces or adds reported values in the greeting's parameter list.
+fn overlay(params: &mut Vec<(String, String)>, reported: Vec<(String, String)>) {
+    for (name, value) in reported {
+        match params.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => params.push((name, value)),
+        }
+    }
+}
+
+/// The SQLSTATE to report for a startup setting PostgreSQL rejected (a
+/// `Fatal` carries a static code, so the likely ones are listed).
+fn startup_sqlstate(code: &str) -> &'static str {
+    ["42704", "22023", "42501", "55P02", "0A000", "22P02", "42602"].into_iter().find(|c| *c == code).unwrap_or("22023")
 }

@@ -7,6 +7,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::params::{self, Settings};
 use super::Fatal;
 use crate::auth::tenant::TenantId;
 use crate::net::{ClientStream, MaybeTls};
@@ -29,6 +30,8 @@ pub struct LoggedIn {
     pub user: String,
     /// When its token expires (unix seconds).
     pub expires_at: u64,
+    /// Session settings from its startup packet.
+    pub settings: Settings,
 }
 
 /// How the startup phase ended.
@@ -47,8 +50,8 @@ pub async fn handshake(tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Res
         None => return Ok(Outcome::Done),
     };
     match authenticate(&mut stream, &mut buf, &startup, peer, shared).await {
-        Ok((tenant, user, expires_at)) => {
-            Ok(Outcome::LoggedIn(Box::new(LoggedIn { stream, rbuf: buf, tenant, user, expires_at })))
+        Ok((tenant, user, expires_at, settings)) => {
+            Ok(Outcome::LoggedIn(Box::new(LoggedIn { stream, rbuf: buf, tenant, user, expires_at, settings })))
         }
         Err(fatal) => {
             fatal.send(&mut stream).await;
@@ -147,13 +150,14 @@ async fn authenticate(
     startup: &Startup,
     peer: SocketAddr,
     shared: &Shared,
-) -> Result<(TenantId, String, u64), Fatal> {
+) -> Result<(TenantId, String, u64, Settings), Fatal> {
     if startup.minor > 0 || !startup.protocol_options.is_empty() {
         let mut out = BytesMut::new();
         build::negotiate_protocol_version(&mut out, &startup.protocol_options);
         write(stream, &out).await?;
     }
     let user = check_startup(startup, shared)?;
+    let settings = startup_settings(startup)?;
     if !stream.is_tls() && !peer.ip().to_canonical().is_loopback() && !shared.config.listen.allow_plaintext_auth {
         return Err(Fatal::new("28000", "pgtenant requires TLS for clients that are not on loopback")
             .hint("connect with sslmode=require (or set listen.allow_plaintext_auth = true on a trusted network)"));
@@ -166,7 +170,21 @@ async fn authenticate(
         Fatal::new("28P01", format!("authentication failed: {e}"))
             .hint("the password must be a valid JWT for this proxy")
     })?;
-    Ok((verified.tenant, user, verified.expires_at))
+    Ok((verified.tenant, user, verified.expires_at, settings))
+}
+
+/// The session settings a client asked for at startup; they follow it to
+/// every server connection. Encodings whose multibyte characters can hide a
+/// quote from the proxy's lexer are refused, as `SET client_encoding` is.
+fn startup_settings(startup: &Startup) -> Result<Settings, Fatal> {
+    let settings = params::from_startup(&startup.params).map_err(|e| Fatal::new("08P01", e))?;
+    if let Some(enc) = settings.get("client_encoding") {
+        if crate::sql::inspect::is_unsafe_encoding(enc.as_bytes()) {
+            return Err(Fatal::new("42501", format!("client_encoding \"{enc}\" is not supported by pgtenant"))
+                .hint("use UTF8 (or another ASCII-safe encoding)"));
+        }
+    }
+    Ok(settings)
 }
 
 /// Validates the StartupMessage parameters; returns the user name.

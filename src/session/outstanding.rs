@@ -97,6 +97,12 @@ pub enum Pending {
     Sync,
     /// A simple Query (or a refused function call): statements, then ReadyForQuery.
     Query(QueryPlan),
+    /// The proxy's own simple Query (re-applying or reading settings): every
+    /// reply is dropped; the first DataRow is kept when `capture` is set.
+    Internal {
+        /// Keep the first DataRow for [`Outstanding::take_captured`].
+        capture: bool,
+    },
 }
 
 /// What to do with one server message.
@@ -121,13 +127,17 @@ pub struct Outstanding {
     skipping: bool,
     /// Statement ids whose Parse failed or was skipped.
     unprepared: Vec<u64>,
+    /// The DataRow body kept by a capturing internal query.
+    captured: Option<Vec<u8>>,
+    /// An internal query failed: the server's settings are unknown.
+    internal_failed: bool,
 }
 
 impl Outstanding {
     /// Records a request sent upstream.
     pub fn push(&mut self, p: Pending) {
         match p {
-            Pending::Sync | Pending::Query(_) => {
+            Pending::Sync | Pending::Query(_) | Pending::Internal { .. } => {
                 self.units += 1;
                 self.skipping = false;
             }
@@ -162,6 +172,15 @@ impl Outstanding {
                     self.pop_unit();
                 }
                 Action::Forward
+            }
+            Some(Pending::Internal { capture }) => {
+                match tag {
+                    b'D' if *capture && self.captured.is_none() => self.captured = Some(body.to_vec()),
+                    b'E' => self.internal_failed = true,
+                    b'Z' => self.pop_unit(),
+                    _ => {}
+                }
+                Action::Drop
             }
             Some(Pending::Query(plan)) => {
                 let action = query_reply(plan, tag, body);
@@ -200,6 +219,16 @@ impl Outstanding {
         }
     }
 
+    /// The DataRow a capturing internal query returned, once.
+    pub fn take_captured(&mut self) -> Option<Vec<u8>> {
+        self.captured.take()
+    }
+
+    /// Whether an internal query failed since the last call.
+    pub fn take_internal_failed(&mut self) -> bool {
+        std::mem::take(&mut self.internal_failed)
+    }
+
     /// Statement ids the server did not prepare after all, since the last call.
     pub fn take_unprepared(&mut self) -> Vec<u64> {
         std::mem::take(&mut self.unprepared)
@@ -209,6 +238,7 @@ impl Outstanding {
         match self.queue.front() {
             Some(Pending::Step(_, owner)) => owner.hidden(),
             Some(Pending::Query(plan)) => plan.role() == Some(&Role::Hidden),
+            Some(Pending::Internal { .. }) => true,
             _ => false,
         }
     }

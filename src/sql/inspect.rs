@@ -512,7 +512,8 @@ fn plain_literal_arg<'t>(toks: &'t [Token<'_>], i: usize) -> Option<&'t [u8]> {
 
 /// Non-ASCII values are refused outright: encoding names are ASCII, and a single-byte
 /// server may lowercase a non-ASCII identifier into one (`SJİS` -> `sjis`).
-fn is_unsafe_encoding(value: &[u8]) -> bool {
+/// Whether a client_encoding value may hide quote bytes from a byte-level lexer.
+pub fn is_unsafe_encoding(value: &[u8]) -> bool {
     if !value.is_ascii() {
         return true;
     }

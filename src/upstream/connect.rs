@@ -1,7 +1,7 @@
 //! Opening one server connection: TCP, optional TLS, startup and login with
 //! SCRAM-SHA-256, md5, cleartext or trust.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -63,6 +63,17 @@ pub struct ServerConn {
     pub created: Instant,
     /// Ids of the proxy-named statements prepared on this connection.
     pub prepared: HashSet<u64>,
+    /// Session settings known to differ from the defaults, by lowercase name.
+    pub settings: BTreeMap<String, String>,
+}
+
+/// An error a server reported for a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerError {
+    /// SQLSTATE.
+    pub code: String,
+    /// Message.
+    pub message: String,
 }
 
 impl Connector {
@@ -84,6 +95,7 @@ impl Connector {
             params: Vec::new(),
             created: Instant::now(),
             prepared: HashSet::new(),
+            settings: BTreeMap::new(),
         };
         conn.login(&self.cfg).await?;
         Ok(conn)
@@ -130,6 +142,32 @@ impl ServerConn {
     /// Writes all of `buf` to the server.
     pub async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         self.stream.write_all(buf).await
+    }
+
+    /// Runs one simple Query to completion on an idle connection; returns the
+    /// ParameterStatus values it reported, or the server's error.
+    pub async fn simple_query(
+        &mut self,
+        sql: &str,
+    ) -> Result<Result<Vec<(String, String)>, ServerError>, UpstreamError> {
+        let mut out = BytesMut::new();
+        crate::wire::build::query(&mut out, sql.as_bytes());
+        self.write_all(&out).await?;
+        let mut reported = Vec::new();
+        let mut failure = None;
+        loop {
+            let (tag, body) = self.read_message().await?;
+            match tag {
+                b'S' => reported.push(parse_parameter(&body)?),
+                b'E' if failure.is_none() => {
+                    let fields = error::fields(&body).unwrap_or_default();
+                    let get = |k| String::from_utf8_lossy(error::field(&fields, k).unwrap_or(b"")).into_owned();
+                    failure = Some(ServerError { code: get(b'C'), message: get(b'M') });
+                }
+                b'Z' => return Ok(failure.map_or(Ok(reported), Err)),
+                _ => {}
+            }
+        }
     }
 
     /// True when an idle connection has something to say (an error before

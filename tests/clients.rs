@@ -1,0 +1,463 @@
+//! Real client libraries through the proxy: node-postgres, postgres.js, psycopg 3, asyncpg
+//! and pgbench (`-M simple`, `-M extended`, `-M prepared`).
+//!
+//! Each library test starts its own PostgreSQL and proxy with a small pool
+//! ([`POOL_SIZE`] server connections for many client connections), then runs the
+//! library's suite under `tests/clients/` as a subprocess with the connection settings in
+//! the environment. The libraries come from npm and PyPI, pinned in
+//! `tests/clients/node/package-lock.json` and `tests/clients/python/requirements.txt`, and
+//! are installed on first use (`npm ci`, `pip install --target`), once per lock file: a stamp
+//! next to the installed files says which lock file they came from. A missing `npm`,
+//! `python3` or `pip` fails these tests (`.ci/run` installs them).
+
+mod support;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use support::{PgCluster, Proxy, ProxyOptions, TENANT_A, TENANT_B};
+
+/// Server connections for all clients of one test: far fewer than the client connections.
+const POOL_SIZE: usize = 3;
+/// How long one client suite or pgbench run may take before it is killed.
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn clients_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("clients")
+}
+
+fn node_dir() -> PathBuf {
+    clients_dir().join("node")
+}
+
+fn python_dir() -> PathBuf {
+    clients_dir().join("python")
+}
+
+/// The Python interpreter the suites run with.
+const PYTHON: &str = "python3";
+
+// ---------------------------------------------------------------------------------------
+// Installing the client libraries, once per lock file
+// ---------------------------------------------------------------------------------------
+
+/// `node_modules` from `package-lock.json` (`npm ci`), installed once per process at most.
+fn node_deps() {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    if let Err(e) = DONE.get_or_init(install_node_deps) {
+        panic!("installing the Node.js client libraries failed:\n{e}");
+    }
+}
+
+/// `.deps` from `requirements.txt` (`pip install --target`), installed once per process at most.
+fn python_deps() {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    if let Err(e) = DONE.get_or_init(install_python_deps) {
+        panic!("installing the Python client libraries failed:\n{e}");
+    }
+}
+
+fn install_node_deps() -> Result<(), String> {
+    const HINT: &str = "Node.js and npm are needed for the node-postgres and postgres.js tests; \
+                        install them with `apt-get install -y nodejs npm` (bash .ci/run does)";
+    let node = tool_version("node", &["--version"]).map_err(|e| format!("{e}\n{HINT}"))?;
+    let npm = tool_version("npm", &["--version"]).map_err(|e| format!("{e}\n{HINT}"))?;
+    let dir = node_dir();
+    let lock = read(&dir.join("package-lock.json"))?;
+    let stamp = format!("node {node}\n{lock}");
+    install_once(&dir, "node_modules", &stamp, |staging| {
+        for file in ["package.json", "package-lock.json"] {
+            std::fs::copy(dir.join(file), staging.join(file)).map_err(|e| format!("copy {file}: {e}"))?;
+        }
+        let mut cmd = Command::new("npm");
+        cmd.args(["ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"]).current_dir(staging);
+        run_installer(cmd, &format!("npm ci (npm {npm})"))?;
+        Ok(staging.join("node_modules"))
+    })
+}
+
+fn install_python_deps() -> Result<(), String> {
+    const HINT: &str = "Python 3 with pip is needed for the psycopg and asyncpg tests; install them \
+                        with `apt-get install -y python3 python3-pip` (bash .ci/run does)";
+    let python = tool_version(PYTHON, &["--version"]).map_err(|e| format!("{e}\n{HINT}"))?;
+    let pip = tool_version(PYTHON, &["-m", "pip", "--version"]).map_err(|e| format!("{e}\n{HINT}"))?;
+    let dir = python_dir();
+    let requirements = read(&dir.join("requirements.txt"))?;
+    let stamp = format!("{python}\n{requirements}");
+    install_once(&dir, ".deps", &stamp, |staging| {
+        let target = staging.join(".deps");
+        let mut cmd = Command::new(PYTHON);
+        cmd.args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--only-binary=:all:"])
+            .args(["--no-warn-script-location", "--root-user-action=ignore", "--target"])
+            .arg(&target)
+            .arg("-r")
+            .arg(dir.join("requirements.txt"))
+            .env("PIP_NO_CACHE_DIR", "")
+            .current_dir(staging);
+        run_installer(cmd, &format!("pip install ({pip})"))?;
+        Ok(target)
+    })
+}
+
+/// Makes `dir/name` hold what `install` builds, unless its stamp file already says `stamp`.
+///
+/// `install` works in a fresh staging directory under `dir` and returns the path of the built
+/// tree, which is then renamed into place, so concurrent test processes never see half an
+/// install: the first rename wins and the others find the right stamp.
+fn install_once(
+    dir: &Path,
+    name: &str,
+    stamp: &str,
+    install: impl FnOnce(&Path) -> Result<PathBuf, String>,
+) -> Result<(), String> {
+    let dest = dir.join(name);
+    let stamp_of = |tree: &Path| std::fs::read_to_string(tree.join(".pgtenant-stamp")).ok();
+    if stamp_of(&dest).as_deref() == Some(stamp) {
+        return Ok(());
+    }
+    let staging = dir.join(format!(".staging-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|e| format!("create {}: {e}", staging.display()))?;
+    let result = install(&staging).and_then(|built| {
+        std::fs::write(built.join(".pgtenant-stamp"), stamp).map_err(|e| format!("write stamp: {e}"))?;
+        if dest.exists() && stamp_of(&dest).as_deref() != Some(stamp) {
+            std::fs::remove_dir_all(&dest).map_err(|e| format!("remove stale {}: {e}", dest.display()))?;
+        }
+        match std::fs::rename(&built, &dest) {
+            Ok(()) => Ok(()),
+            Err(_) if stamp_of(&dest).as_deref() == Some(stamp) => Ok(()),
+            Err(e) => Err(format!("rename {} to {}: {e}", built.display(), dest.display())),
+        }
+    });
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+/// The first line `program args` prints, or why it could not be run.
+fn tool_version(program: &str, args: &[&str]) -> Result<String, String> {
+    match Command::new(program).args(args).stdin(Stdio::null()).output() {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            Ok(text.lines().next().unwrap_or_default().trim().to_string())
+        }
+        Ok(out) => Err(format!(
+            "`{program} {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(format!("`{program}` could not be run: {e}")),
+    }
+}
+
+fn run_installer(mut cmd: Command, what: &str) -> Result<(), String> {
+    let started = Instant::now();
+    let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("{what}: could not run: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{what} failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    eprintln!("{what}: done in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))
+}
+
+// ---------------------------------------------------------------------------------------
+// Running a client suite against a fresh cluster and proxy
+// ---------------------------------------------------------------------------------------
+
+async fn start() -> (PgCluster, Proxy) {
+    let pg = PgCluster::start().await;
+    let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(POOL_SIZE)).await;
+    (pg, proxy)
+}
+
+/// The connection settings the suites read (see `tests/clients/node/env.mjs`).
+fn client_env(pg: &PgCluster, proxy: &Proxy) -> Vec<(String, String)> {
+    let url = |tenant: &str| format!("postgres://anyname:{}@127.0.0.1:{}/app", proxy.token(tenant), proxy.port());
+    vec![
+        ("PGTENANT_URL_A".into(), url(TENANT_A)),
+        ("PGTENANT_URL_B".into(), url(TENANT_B)),
+        ("TENANT_A".into(), TENANT_A.into()),
+        ("TENANT_B".into(), TENANT_B.into()),
+        ("PGTENANT_ADMIN_URL".into(), format!("postgres://postgres@127.0.0.1:{}/app", pg.port())),
+        ("PGTENANT_POOL_SIZE".into(), POOL_SIZE.to_string()),
+    ]
+}
+
+/// What a finished subprocess printed (stdout and stderr interleaved) and how it ended.
+struct Run {
+    what: String,
+    status: Option<std::process::ExitStatus>,
+    output: String,
+    elapsed: Duration,
+}
+
+impl Run {
+    fn success(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    fn describe(&self) -> String {
+        let status = match self.status {
+            Some(s) => s.to_string(),
+            None => format!("killed after {RUN_TIMEOUT:?}"),
+        };
+        format!(
+            "{} ({status}, {:.1} s)\n--- output ---\n{}\n--- end of output ---",
+            self.what,
+            self.elapsed.as_secs_f64(),
+            self.output
+        )
+    }
+}
+
+/// Runs `cmd` with `env`, the output going to a temp file, killed after [`RUN_TIMEOUT`].
+async fn run(what: &str, mut cmd: tokio::process::Command, env: &[(String, String)]) -> Run {
+    let log_dir = tempfile::tempdir().expect("temp dir for output");
+    let log_path = log_dir.path().join("output.log");
+    let log = File::create(&log_path).expect("create output log");
+    // Settings from the caller's environment must not redirect the clients elsewhere.
+    for var in ["PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSERVICE", "PGOPTIONS"] {
+        cmd.env_remove(var);
+    }
+    for var in ["PGSSLMODE", "PGPASSFILE", "DATABASE_URL", "NODE_OPTIONS", "PYTHONPATH", "PYTHONHOME"] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone log handle"))
+        .stderr(log)
+        .kill_on_drop(true);
+    let started = Instant::now();
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{what}: could not start: {e}"));
+    let status = match tokio::time::timeout(RUN_TIMEOUT, child.wait()).await {
+        Ok(status) => Some(status.unwrap_or_else(|e| panic!("{what}: wait: {e}"))),
+        Err(_) => {
+            let _ = child.kill().await;
+            None
+        }
+    };
+    let output = std::fs::read_to_string(&log_path).unwrap_or_else(|e| format!("<could not read output: {e}>"));
+    Run { what: what.to_string(), status, output, elapsed: started.elapsed() }
+}
+
+/// Runs one client suite against a fresh cluster and proxy and fails the test if it fails.
+async fn run_suite(what: &str, dir: PathBuf, program: &str, args: &[&str], extra_env: &[(&str, String)]) {
+    let (pg, proxy) = start().await;
+    let mut env = client_env(&pg, &proxy);
+    env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args).current_dir(&dir);
+    let result = run(what, cmd, &env).await;
+    if !result.success() {
+        panic!("{}", result.describe());
+    }
+    eprintln!("{}", result.describe());
+}
+
+#[tokio::test]
+async fn node_postgres() {
+    node_deps();
+    run_suite("node-postgres suite", node_dir(), "node", &["--test", "pg.test.mjs"], &[]).await;
+}
+
+#[tokio::test]
+async fn postgres_js() {
+    node_deps();
+    run_suite("postgres.js suite", node_dir(), "node", &["--test", "postgres.test.mjs"], &[]).await;
+}
+
+fn python_env() -> Vec<(&'static str, String)> {
+    let deps = python_dir().join(".deps");
+    vec![("PYTHONPATH", deps.display().to_string()), ("PYTHONDONTWRITEBYTECODE", "1".into())]
+}
+
+#[tokio::test]
+async fn psycopg3() {
+    python_deps();
+    let args = ["-m", "unittest", "-v", "test_psycopg"];
+    run_suite("psycopg 3 suite", python_dir(), PYTHON, &args, &python_env()).await;
+}
+
+#[tokio::test]
+async fn asyncpg() {
+    python_deps();
+    let args = ["-m", "unittest", "-v", "test_asyncpg"];
+    run_suite("asyncpg suite", python_dir(), PYTHON, &args, &python_env()).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// pgbench
+// ---------------------------------------------------------------------------------------
+
+const PGBENCH_TABLES: &str = "pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history";
+
+/// `pgbench` next to the server binaries the harness uses, else on PATH.
+fn pgbench() -> PathBuf {
+    let beside = support::pg::bin_dir().join("pgbench");
+    if beside.is_file() {
+        return beside;
+    }
+    if tool_version("pgbench", &["--version"]).is_ok() {
+        return PathBuf::from("pgbench");
+    }
+    panic!(
+        "pgbench not found beside {} nor on PATH; it comes with the PostgreSQL server \
+         packages: apt-get install -y postgresql postgresql-contrib",
+        support::pg::bin_dir().display()
+    );
+}
+
+/// A cluster with pgbench's tables (scale 1, created as superuser) usable by `app_user`, and
+/// a proxy in front of it.
+async fn start_pgbench() -> (PgCluster, Proxy) {
+    let (pg, proxy) = start().await;
+    let mut init = tokio::process::Command::new(pgbench());
+    init.args(["-i", "-s", "1", "-q", "-h", "127.0.0.1", "-U", "postgres", "-p"]).arg(pg.port().to_string()).arg("app");
+    let result = run("pgbench -i -s 1 (as postgres, directly)", init, &[]).await;
+    assert!(result.success(), "{}", result.describe());
+    let su = pg.superuser().await;
+    // TRUNCATE on pgbench_history: pgbench truncates it before a run unless -n.
+    let grants = format!(
+        "GRANT SELECT, INSERT, UPDATE ON {PGBENCH_TABLES} TO app_user;
+         GRANT TRUNCATE ON pgbench_history TO app_user;"
+    );
+    su.batch_execute(&grants).await.expect("grant pgbench tables to app_user");
+    (pg, proxy)
+}
+
+/// Runs pgbench through the proxy as `tenant`; `args` come before the database name.
+async fn pgbench_run(proxy: &Proxy, tenant: &str, args: Vec<String>) -> Run {
+    let mut cmd = tokio::process::Command::new(pgbench());
+    cmd.args(["-h", "127.0.0.1", "-U", "anyname", "-p"]).arg(proxy.port().to_string()).args(&args).arg("app");
+    let what = format!("pgbench {} (tenant {tenant})", args.join(" "));
+    run(&what, cmd, &[("PGPASSWORD".into(), proxy.token(tenant))]).await
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// Asserts a pgbench run succeeded with `expected` transactions processed and none failed.
+fn assert_pgbench_ok(result: &Run, expected: u32) {
+    assert!(result.success(), "{}", result.describe());
+    let processed = format!("number of transactions actually processed: {expected}/{expected}\n");
+    assert!(result.output.contains(&processed), "expected {processed:?} in\n{}", result.describe());
+    assert!(
+        result.output.contains("number of failed transactions: 0 (0.000%)"),
+        "expected no failed transactions in\n{}",
+        result.describe()
+    );
+    eprintln!("{}", result.describe());
+}
+
+/// A pgbench script that fails (division by zero) unless every statement sees `tenant`,
+/// in autocommit statements and inside an explicit transaction.
+fn tenant_script(tenant: &str) -> String {
+    format!(
+        "\\set aid random(1, 100000 * :scale)\n\
+         SELECT current_setting('app.current_tenant_id') = '{tenant}' AS ok \\gset\n\
+         \\if :ok\n\
+         SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n\
+         \\else\n\
+         SELECT 1/0 AS wrong_tenant;\n\
+         \\endif\n\
+         BEGIN;\n\
+         SELECT current_setting('app.current_tenant_id') = '{tenant}' AS ok_in_tx \\gset\n\
+         UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;\n\
+         SELECT current_setting('app.current_tenant_id') = '{tenant}' AS ok_after \\gset\n\
+         \\if :ok_in_tx\n\
+         \\if :ok_after\n\
+         \\else\n\
+         SELECT 1/0 AS wrong_tenant;\n\
+         \\endif\n\
+         \\else\n\
+         SELECT 1/0 AS wrong_tenant;\n\
+         \\endif\n\
+         END;\n"
+    )
+}
+
+/// Select-only and TPC-B-like runs, then the tenant-checking script for both tenants at once,
+/// all in protocol mode `mode`.
+async fn pgbench_mode(mode: &str) {
+    let (_pg, proxy) = start_pgbench().await;
+    let m = ["-M", mode];
+
+    let select_only = [&["-n", "-S", "-c", "8", "-j", "2", "-t", "200"][..], &m].concat();
+    assert_pgbench_ok(&pgbench_run(&proxy, TENANT_A, strings(&select_only)).await, 1600);
+
+    // The default TPC-B-like script, without -n: pgbench first runs VACUUM (a warning for a
+    // non-owner) and TRUNCATE pgbench_history through the proxy.
+    let tpcb = [&["-c", "8", "-j", "2", "-t", "100"][..], &m].concat();
+    assert_pgbench_ok(&pgbench_run(&proxy, TENANT_B, strings(&tpcb)).await, 800);
+
+    let scripts = tempfile::tempdir().expect("temp dir for scripts");
+    let mut runs = Vec::new();
+    for tenant in [TENANT_A, TENANT_B] {
+        let path = scripts.path().join(format!("tenant-{tenant}.sql"));
+        std::fs::write(&path, tenant_script(tenant)).expect("write pgbench script");
+        let script = path.display().to_string();
+        let args = [&["-n", "-c", "4", "-j", "2", "-t", "100"][..], &m, &["-f", &script]].concat();
+        runs.push(pgbench_run(&proxy, tenant, strings(&args)));
+    }
+    // Both tenants at the same time, on the same 3 server connections.
+    let (a, b) = tokio::join!(runs.remove(0), runs.remove(0));
+    assert_pgbench_ok(&a, 400);
+    assert_pgbench_ok(&b, 400);
+}
+
+#[tokio::test]
+async fn pgbench_simple() {
+    pgbench_mode("simple").await;
+}
+
+#[tokio::test]
+async fn pgbench_extended() {
+    pgbench_mode("extended").await;
+}
+
+#[tokio::test]
+async fn pgbench_prepared() {
+    pgbench_mode("prepared").await;
+}
+
+/// The tenant script really checks: run with the other tenant's token, it fails.
+#[tokio::test]
+async fn pgbench_tenant_script_fails_for_another_tenant() {
+    let (_pg, proxy) = start_pgbench().await;
+    let scripts = tempfile::tempdir().expect("temp dir for scripts");
+    let path = scripts.path().join("tenant-a.sql");
+    std::fs::write(&path, tenant_script(TENANT_A)).expect("write pgbench script");
+    for mode in ["simple", "extended", "prepared"] {
+        let args = strings(&["-n", "-c", "1", "-t", "1", "-M", mode, "-f", &path.display().to_string()]);
+        let result = pgbench_run(&proxy, TENANT_B, args).await;
+        assert!(!result.success(), "expected a failure: {}", result.describe());
+        assert!(result.output.contains("division by zero"), "{}", result.describe());
+    }
+}
+
+#[tokio::test]
+#[ignore]
+async fn zz_dev_hold() {
+    let (pg, proxy) = start().await;
+    let mut text = String::new();
+    for (k, v) in client_env(&pg, &proxy) {
+        text.push_str(&format!("export {k}='{v}'\n"));
+    }
+    text.push_str(&format!("export PG_PORT={}\nexport APP_PASSWORD='{}'\n", pg.port(), pg.app_password()));
+    std::fs::write("/tmp/pgtenant-dev.env", text).unwrap();
+    tokio::time::sleep(Duration::from_secs(3000)).await;
+    let _ = std::fs::write("/tmp/pgtenant-dev-proxy.log", proxy.log());
+}
