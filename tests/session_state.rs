@@ -1,6 +1,6 @@
 //! Session state never crosses tenants on a shared server connection
-//! (wire-contract cases 15 and 16). For now the proxy closes a server
-//! connection that may carry session state instead of pooling it.
+//! (wire-contract cases 15 and 16), settings follow their client, and state
+//! that cannot follow it is refused with a clear error.
 
 mod support;
 
@@ -26,19 +26,34 @@ async fn case15_session_set_does_not_reach_the_next_tenant() {
 }
 
 #[tokio::test]
-async fn case16_temp_tables_listen_and_sql_prepare_do_not_reach_the_next_tenant() {
+async fn case16_session_state_is_refused_or_never_reaches_the_next_tenant() {
     let pg = PgCluster::start().await;
     pg.superuser().await.batch_execute("GRANT TEMP ON DATABASE app TO app_user").await.unwrap();
     let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(1)).await;
     let mut a = login(&proxy, TENANT_A).await;
-    assert_eq!(summarize(&a.simple("CREATE TEMP TABLE secret AS SELECT 1 AS x").await), ["C:SELECT 1", "Z:I"]);
-    assert_eq!(summarize(&a.simple("PREPARE leaked AS SELECT 42").await), ["C:PREPARE", "Z:I"]);
-    assert_eq!(summarize(&a.simple("LISTEN tenant_a_channel").await), ["C:LISTEN", "Z:I"]);
+    // Temp tables work within the client's transaction...
+    let temp = "BEGIN; CREATE TEMP TABLE secret AS SELECT 1 AS x; SELECT x FROM secret; COMMIT";
+    assert_eq!(
+        summarize(&a.simple(temp).await),
+        ["C:BEGIN", "C:SELECT 1", "T", "D:1", "C:SELECT 1", "C:COMMIT", "Z:I"]
+    );
+    // ...and what cannot follow the client is refused with a clear error.
+    for sql in ["PREPARE leaked AS SELECT 42", "LISTEN tenant_a_channel", "SELECT pg_advisory_lock(42)"] {
+        let msgs = a.simple(sql).await;
+        assert_eq!(summarize(&msgs), ["E:0A000", "Z:I"], "{sql}");
+        assert!(msgs[0].error_fields()[&'M'].contains("transaction pooling"), "{sql}");
+    }
+    let hold = "BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT 1; COMMIT";
+    assert_eq!(summarize(&a.simple(hold).await), ["C:BEGIN", "E:0A000", "Z:E"]);
+    assert_eq!(summarize(&a.simple("ROLLBACK").await), ["C:ROLLBACK", "Z:I"]);
+    // B, on the same single server connection, sees none of A's state.
     let mut b = login(&proxy, TENANT_B).await;
     assert_eq!(summarize(&b.simple("SELECT * FROM pg_temp.secret").await), ["E:42P01", "Z:I"]);
     assert_eq!(summarize(&b.simple("EXECUTE leaked").await), ["E:26000", "Z:I"]);
     let listening = summarize(&b.simple("SELECT count(*) FROM pg_listening_channels()").await);
     assert_eq!(listening, ["T", "D:0", "C:SELECT 1", "Z:I"]);
+    let locks = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'";
+    assert_eq!(summarize(&b.simple(locks).await), ["T", "D:0", "C:SELECT 1", "Z:I"]);
 }
 
 /// The single value of a one-row, one-column result.

@@ -308,11 +308,8 @@ impl Session {
         self.unit_tx |= tx;
         self.note_deallocation(&insp);
         self.note_session_effects(&insp, &sql);
-        let refusal = if insp.lex_error {
-            Some(Refused::unparsable())
-        } else {
-            insp.statements.iter().find_map(|s| s.refusal.as_ref()).map(|r| Refused::privilege(r.message()))
-        };
+        let refusal =
+            if insp.lex_error { Some(Refused::unparsable()) } else { insp.statements.iter().find_map(inject::refusal) };
         if let Some(r) = refusal {
             self.stand_in_parse(r);
         } else if name.is_empty() {
@@ -324,6 +321,7 @@ impl Session {
             self.stand_in_parse(Refused {
                 code: "42P05",
                 message: format!("prepared statement \"{text}\" already exists"),
+                hint: None,
             });
         } else {
             let id = self.shared.prepared.id_for(&sql, &types);

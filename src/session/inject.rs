@@ -10,7 +10,7 @@
 
 use bytes::Bytes;
 
-use crate::sql::inspect::{Inspection, TxControl};
+use crate::sql::inspect::{Inspection, SessionEffect, Statement, TxControl};
 
 /// A statement that always fails with SQLSTATE 22P02, with no side effects.
 /// Its text explains itself should the error ever reach a client unrewritten.
@@ -26,12 +26,24 @@ pub struct Refused {
     pub code: &'static str,
     /// Message to report.
     pub message: String,
+    /// Hint to report.
+    pub hint: Option<&'static str>,
 }
 
 impl Refused {
     /// A refusal of a statement that tries to change a protected setting.
     pub fn privilege(message: String) -> Refused {
-        Refused { code: "42501", message }
+        let hint = "the tenant comes from your token; connect with another token to act as another tenant";
+        Refused { code: "42501", message, hint: Some(hint) }
+    }
+
+    /// Session state that cannot work in transaction pooling.
+    pub fn pooling(what: &str, hint: &'static str) -> Refused {
+        Refused {
+            code: "0A000",
+            message: format!("{what} is not supported through pgtenant (transaction pooling)"),
+            hint: Some(hint),
+        }
     }
 
     /// A statement the proxy could not lex: PostgreSQL would reject it too.
@@ -39,6 +51,7 @@ impl Refused {
         Refused {
             code: "42601",
             message: "pgtenant could not parse this statement (unterminated quote, comment or dollar quote)".into(),
+            hint: None,
         }
     }
 }
@@ -82,6 +95,27 @@ pub struct PositionMap {
     orig: Bytes,
 }
 
+/// Why a statement must not run, if it must not: it changes a protected
+/// setting (42501), or it creates session state that would silently vanish
+/// when the client's next transaction runs on another server connection
+/// (0A000). Temp tables are allowed: a later use fails loudly, and the
+/// server connection is closed rather than pooled.
+pub fn refusal(st: &Statement) -> Option<Refused> {
+    if let Some(r) = &st.refusal {
+        return Some(Refused::privilege(r.message()));
+    }
+    let (what, hint) = match st.session.as_ref()? {
+        SessionEffect::Prepare { .. } => ("SQL PREPARE", "use your driver's protocol-level prepared statements"),
+        SessionEffect::Listen => ("LISTEN", "connect to PostgreSQL directly to receive notifications"),
+        SessionEffect::DeclareWithHold => ("DECLARE ... WITH HOLD", "use a cursor inside a transaction"),
+        SessionEffect::AdvisoryLock => {
+            ("a session-level advisory lock", "use pg_advisory_xact_lock, which ends with the transaction")
+        }
+        _ => return None,
+    };
+    Some(Refused::pooling(what, hint))
+}
+
 /// Rewrites a simple Query: the tenant statement first when `inject`, after
 /// every COMMIT/ROLLBACK that is followed by more statements (they run in a
 /// new transaction), after every `AND CHAIN`; stand-ins for refused
@@ -91,7 +125,7 @@ pub fn rewrite_query(sql: &Bytes, insp: &Inspection, tenant_stmt: &[u8], inject:
         return Some(whole_stand_in(sql, tenant_stmt, inject));
     }
     let needs_edit = inject
-        || insp.statements.iter().any(|s| s.refusal.is_some())
+        || insp.statements.iter().any(|s| refusal(s).is_some())
         || insp
             .statements
             .iter()
@@ -106,8 +140,8 @@ pub fn rewrite_query(sql: &Bytes, insp: &Inspection, tenant_stmt: &[u8], inject:
     }
     let n = insp.statements.len();
     for (i, st) in insp.statements.iter().enumerate() {
-        if let Some(r) = &st.refusal {
-            b.replace(st.span.clone(), STAND_IN, Role::StandIn(Refused::privilege(r.message())));
+        if let Some(r) = refusal(st) {
+            b.replace(st.span.clone(), STAND_IN, Role::StandIn(r));
             continue;
         }
         b.roles.push(Role::Client);
@@ -297,6 +331,21 @@ mod tests {
         let sent = text(&r);
         let inside = sent.find("SET LOCAL").unwrap() + 3;
         assert_eq!(r.into_map().map(inside), "COMMIT".len() + 1);
+    }
+
+    #[test]
+    fn session_state_that_cannot_follow_is_refused() {
+        for sql in [
+            "PREPARE p AS SELECT 1",
+            "LISTEN ch",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "SELECT pg_advisory_lock(1)",
+        ] {
+            let r = rewrite(sql, false).unwrap();
+            assert!(matches!(&r.roles[0], Role::StandIn(x) if x.code == "0A000"), "{sql}");
+        }
+        assert!(rewrite("SELECT pg_advisory_xact_lock(1)", false).is_none());
+        assert!(rewrite("CREATE TEMP TABLE t (x int)", false).is_none());
     }
 
     #[test]

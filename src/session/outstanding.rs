@@ -294,8 +294,7 @@ fn error_action(owner: &Owner, body: &[u8], map: Option<&PositionMap>) -> Action
     if let Owner::StandIn(refused) = owner {
         if error::field(&fields, b'C') == Some(STAND_IN_SQLSTATE) {
             let mut out = BytesMut::new();
-            let hint = "the tenant comes from your token; connect with another token to act as another tenant";
-            build::error_response(&mut out, build::Severity::Error, refused.code, &refused.message, Some(hint));
+            build::error_response(&mut out, build::Severity::Error, refused.code, &refused.message, refused.hint);
             return Action::Replace(out);
         }
         return Action::Forward;
