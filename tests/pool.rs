@@ -259,3 +259,25 @@ async fn a_server_connection_killed_mid_transaction_is_replaced() {
     let new_pid: i32 = msgs[1].data_row()[0].clone().unwrap().parse().unwrap();
     assert_ne!(new_pid, pid);
 }
+
+#[tokio::test]
+async fn prepared_statements_per_server_connection_are_bounded() {
+    let pg = PgCluster::start().await;
+    let options = ProxyOptions::default().pool_size(1).set("upstream", "max_prepared_statements", "3");
+    let proxy = Proxy::start(&pg, options).await;
+    let a = proxy.connect(TENANT_A).await;
+    let mut stmts = Vec::new();
+    for i in 0..10 {
+        stmts.push(a.prepare(&format!("SELECT {i}::int + $1::int")).await.unwrap());
+    }
+    for round in 0..3 {
+        for (i, stmt) in stmts.iter().enumerate() {
+            let got: i32 = a.query_one(stmt, &[&round]).await.unwrap().get(0);
+            assert_eq!(got, i as i32 + round);
+        }
+    }
+    let count = "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'pgtenant%'";
+    let n: i64 = a.query_one(count, &[]).await.unwrap().get(0);
+    // Three of the client's, the proxy's tenant statement, and the count query itself.
+    assert!(n <= 5, "{n} statements prepared on the server connection");
+}

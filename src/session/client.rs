@@ -399,12 +399,20 @@ impl Session {
     /// Makes sure the attached server has `stmt` under its proxy name. A client
     /// Parse of a statement the server already has is answered by the proxy.
     fn prepare_on_server(&mut self, stmt: &Statement, hidden: bool) {
+        let cap = self.shared.config.upstream.max_prepared_statements;
         let server = self.server.as_mut().expect("a server is attached");
         if !server.conn.prepared.insert(stmt.id) {
             if !hidden {
                 self.outstanding.push(Pending::Step(Step::Parse, Owner::Synthetic));
             }
             return;
+        }
+        // The tenant statement is never evicted (every transaction uses it),
+        // nor counted against the cap.
+        let keep = [stmt.id, prepared::TENANT_STATEMENT_ID];
+        while let Some(old) = server.conn.prepared.evict_over(cap + 1, &keep) {
+            prepared::close_statement(&prepared::server_name(old), &mut self.sout);
+            self.outstanding.push(Pending::Step(Step::Close, Owner::Proxy));
         }
         // Close first: if the server still has the name after all (a
         // DISCARD ALL that failed), the Parse must not fail with 42P05.

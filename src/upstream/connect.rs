@@ -1,7 +1,7 @@
 //! Opening one server connection: TCP, optional TLS, startup and login with
 //! SCRAM-SHA-256, md5, cleartext or trust.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -62,9 +62,56 @@ pub struct ServerConn {
     /// When the connection was opened.
     pub created: Instant,
     /// Ids of the proxy-named statements prepared on this connection.
-    pub prepared: HashSet<u64>,
+    pub prepared: PreparedCache,
     /// Session settings known to differ from the defaults, by lowercase name.
     pub settings: BTreeMap<String, String>,
+}
+
+/// The proxy-named statements prepared on one server connection, with
+/// their last use, so the least recently used can be closed at a bound.
+#[derive(Debug, Default)]
+pub struct PreparedCache {
+    last_use: HashMap<u64, u64>,
+    tick: u64,
+}
+
+impl PreparedCache {
+    /// Marks `id` as prepared and just used; returns whether it is new.
+    pub fn insert(&mut self, id: u64) -> bool {
+        self.tick += 1;
+        self.last_use.insert(id, self.tick).is_none()
+    }
+
+    /// Forgets `id` (its Parse failed, or it was closed).
+    pub fn remove(&mut self, id: &u64) {
+        self.last_use.remove(id);
+    }
+
+    /// Forgets everything (`DISCARD ALL`).
+    pub fn clear(&mut self) {
+        self.last_use.clear();
+    }
+
+    /// Number of statements prepared.
+    pub fn len(&self) -> usize {
+        self.last_use.len()
+    }
+
+    /// Whether none is prepared.
+    pub fn is_empty(&self) -> bool {
+        self.last_use.is_empty()
+    }
+
+    /// When more than `cap` are prepared, removes and returns the least
+    /// recently used one not in `keep`.
+    pub fn evict_over(&mut self, cap: usize, keep: &[u64]) -> Option<u64> {
+        if self.last_use.len() <= cap {
+            return None;
+        }
+        let (&id, _) = self.last_use.iter().filter(|(id, _)| !keep.contains(id)).min_by_key(|(_, t)| **t)?;
+        self.last_use.remove(&id);
+        Some(id)
+    }
 }
 
 /// An error a server reported for a query.
@@ -94,7 +141,7 @@ impl Connector {
             key: (0, 0),
             params: Vec::new(),
             created: Instant::now(),
-            prepared: HashSet::new(),
+            prepared: PreparedCache::default(),
             settings: BTreeMap::new(),
         };
         conn.login(&self.cfg).await?;
@@ -281,4 +328,23 @@ pub fn error_text(body: &[u8]) -> String {
 
 fn unexpected(tag: u8) -> UpstreamError {
     UpstreamError::Protocol(format!("unexpected message {:?} during login", tag as char))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PreparedCache;
+
+    #[test]
+    fn evicts_the_least_recently_used_outside_keep() {
+        let mut c = PreparedCache::default();
+        for id in [1, 2, 3] {
+            assert!(c.insert(id));
+        }
+        assert!(!c.insert(1));
+        assert_eq!(c.evict_over(3, &[]), None);
+        assert!(c.insert(4));
+        assert_eq!(c.evict_over(3, &[2]), Some(3));
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.evict_over(3, &[]), None);
+    }
 }
