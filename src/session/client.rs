@@ -24,17 +24,22 @@ use tokio_util::io::poll_read_buf;
 
 use super::inject::{self, Refused, Role};
 use super::login::LoggedIn;
-use super::outstanding::{Action, Outstanding, Owner, Pending, QueryPlan, Step};
-use super::params::{self, Settings};
+use super::outstanding::{Action, Outstanding, Pending, QueryPlan, Step};
+use super::params::Settings;
 use super::prepared::{self, ClientStatements, Statement};
 use super::Fatal;
 use crate::cancel::{Registration, ServerKey};
 use crate::net::ClientStream;
 use crate::server::Shared;
-use crate::sql::inspect::{DiscardKind, Inspection, SessionEffect, TxControl};
+use crate::sql::inspect::TxControl;
 use crate::upstream::connect::MAX_SERVER_MESSAGE;
 use crate::upstream::{PoolError, Pooled};
 use crate::wire::{build, frame};
+
+mod extended;
+mod settings;
+
+use settings::{apply_startup_settings, overlay};
 
 /// Largest message accepted from a client.
 pub const MAX_CLIENT_MESSAGE: usize = 64 << 20;
@@ -300,243 +305,6 @@ impl Session {
         self.outstanding.push(Pending::Query(QueryPlan::new(vec![Role::StandIn(refused)], None)));
     }
 
-    fn on_parse(&mut self, msg: Bytes) -> Result<(), Fatal> {
-        let (name, sql, types) = parse_fields(&msg).ok_or_else(|| Fatal::new("08P01", "invalid Parse message"))?;
-        let insp = self.shared.inspector.inspect(&sql, self.standard_conforming_strings);
-        let tx = insp.statements.iter().any(|s| s.tx != TxControl::None);
-        self.begin_step(tx);
-        self.unit_tx |= tx;
-        self.note_deallocation(&insp);
-        self.note_session_effects(&insp, &sql);
-        let refusal =
-            if insp.lex_error { Some(Refused::unparsable()) } else { insp.statements.iter().find_map(inject::refusal) };
-        if let Some(r) = refusal {
-            self.stand_in_parse(r);
-        } else if name.is_empty() {
-            self.unnamed_tx = tx;
-            self.sout.extend_from_slice(&msg);
-            self.outstanding.push(Pending::Step(Step::Parse, Owner::Client));
-        } else if self.statements.get(&name).is_some() {
-            let text = String::from_utf8_lossy(&name);
-            self.stand_in_parse(Refused {
-                code: "42P05",
-                message: format!("prepared statement \"{text}\" already exists"),
-                hint: None,
-            });
-        } else {
-            let id = self.shared.prepared.id_for(&sql, &types);
-            let session = insp.statements.iter().any(|s| s.session.is_some());
-            let stmt = Arc::new(Statement { id, text: sql, types, tx, session });
-            self.statements.insert(name, stmt.clone());
-            self.prepare_on_server(&stmt, false);
-        }
-        Ok(())
-    }
-
-    /// `DISCARD ALL` and `DEALLOCATE ALL` drop every prepared statement on the
-    /// server and, for the client, its own: forget both sides' tables. Should
-    /// the statement fail after all, re-preparing is still safe (see
-    /// [`Self::prepare_on_server`]).
-    fn note_deallocation(&mut self, insp: &Inspection) {
-        let drops_all = insp.statements.iter().any(|s| {
-            matches!(
-                s.session,
-                Some(SessionEffect::Discard(DiscardKind::All) | SessionEffect::Deallocate { name: None })
-            )
-        });
-        if drops_all {
-            self.statements.clear();
-            if let Some(server) = self.server.as_mut() {
-                server.conn.prepared.clear();
-            }
-        }
-    }
-
-    /// Brings a newly attached server's session settings in line with the
-    /// client's, with one hidden Query in the same write as what follows.
-    fn sync_settings(&mut self) {
-        let server = self.server.as_mut().expect("a server is attached");
-        if let Some(sql) = params::apply_sql(&self.desired, &server.conn.settings, self.standard_conforming_strings) {
-            build::query(&mut self.sout, sql.as_bytes());
-            self.outstanding.push(Pending::Internal { capture: false });
-            server.conn.settings = self.desired.clone();
-        }
-    }
-
-    /// Records what the client's statements do to session state: settings
-    /// are read back later; state that cannot follow the client marks the
-    /// server connection so it is closed instead of pooled.
-    fn note_session_effects(&mut self, insp: &Inspection, sql: &[u8]) {
-        for effect in insp.statements.iter().filter_map(|s| s.session.as_ref()) {
-            match effect {
-                SessionEffect::Set { local: true, .. } => {}
-                SessionEffect::Set { name, .. } | SessionEffect::Reset { name } => {
-                    if params::valid_name(name) && !params::NOT_FOLLOWED.contains(&name.as_str()) {
-                        self.changed.insert(name.clone());
-                    } else {
-                        self.dirty = true;
-                    }
-                }
-                SessionEffect::ResetAll | SessionEffect::Discard(DiscardKind::All) => self.reset_all = true,
-                SessionEffect::Unlisten
-                | SessionEffect::Deallocate { .. }
-                | SessionEffect::Discard(DiscardKind::Plans) => {}
-                _ => self.dirty = true,
-            }
-        }
-        // set_config's third argument may make it session-wide, under any name.
-        if sql.windows(10).any(|w| w.eq_ignore_ascii_case(b"set_config")) {
-            self.dirty = true;
-        }
-    }
-
-    /// A Parse that fails upstream at the same point, its error rewritten to `r`.
-    fn stand_in_parse(&mut self, r: Refused) {
-        build::parse(&mut self.sout, b"", inject::STAND_IN, b"\0\0");
-        self.outstanding.push(Pending::Step(Step::Parse, Owner::StandIn(r)));
-    }
-
-    /// Makes sure the attached server has `stmt` under its proxy name. A client
-    /// Parse of a statement the server already has is answered by the proxy.
-    fn prepare_on_server(&mut self, stmt: &Statement, hidden: bool) {
-        let cap = self.shared.config.upstream.max_prepared_statements;
-        let server = self.server.as_mut().expect("a server is attached");
-        if !server.conn.prepared.insert(stmt.id) {
-            if !hidden {
-                self.outstanding.push(Pending::Step(Step::Parse, Owner::Synthetic));
-            }
-            return;
-        }
-        // The tenant statement is never evicted (every transaction uses it),
-        // nor counted against the cap.
-        let keep = [stmt.id, prepared::TENANT_STATEMENT_ID];
-        while let Some(old) = server.conn.prepared.evict_over(cap + 1, &keep) {
-            prepared::close_statement(&prepared::server_name(old), &mut self.sout);
-            self.outstanding.push(Pending::Step(Step::Close, Owner::Proxy));
-        }
-        // Close first: if the server still has the name after all (a
-        // DISCARD ALL that failed), the Parse must not fail with 42P05.
-        let name = stmt.server_name();
-        prepared::close_statement(&name, &mut self.sout);
-        self.outstanding.push(Pending::Step(Step::Close, Owner::Proxy));
-        build::parse(&mut self.sout, &name, &stmt.text, &stmt.types);
-        self.outstanding.push(Pending::Step(Step::Parse, Owner::Prepare { id: stmt.id, hidden }));
-    }
-
-    fn on_bind(&mut self, msg: &Bytes) -> Result<(), Fatal> {
-        let bad = || Fatal::new("08P01", "invalid Bind message");
-        let (_portal, rest) = frame::cstr(&msg[frame::HEADER_LEN..]).ok_or_else(bad)?;
-        let (name, _) = frame::cstr(rest).ok_or_else(bad)?;
-        if name.is_empty() {
-            self.forward_step(Step::Bind, msg, self.unnamed_tx);
-            return Ok(());
-        }
-        let Some(stmt) = self.statements.get(name).cloned() else {
-            // Unknown to the proxy: PostgreSQL will say it does not exist.
-            self.forward_step(Step::Bind, msg, false);
-            return Ok(());
-        };
-        self.begin_step(stmt.tx);
-        self.unit_tx |= stmt.tx;
-        if stmt.session {
-            // Executed again, possibly in another transaction: note its effects again.
-            let insp = self.shared.inspector.inspect(&stmt.text, self.standard_conforming_strings);
-            self.note_session_effects(&insp, &stmt.text);
-        }
-        self.prepare_on_server(&stmt, true);
-        prepared::rename_bind(msg, &stmt.server_name(), &mut self.sout).ok_or_else(bad)?;
-        self.outstanding.push(Pending::Step(Step::Bind, Owner::Client));
-        Ok(())
-    }
-
-    fn on_describe(&mut self, msg: &Bytes) -> Result<(), Fatal> {
-        let body = &msg[frame::HEADER_LEN..];
-        let (kind, name) = match body.split_first() {
-            Some((kind @ (b'S' | b'P'), rest)) => (*kind, frame::cstr(rest).map(|(n, _)| n)),
-            _ => return Err(Fatal::new("08P01", "invalid Describe message")),
-        };
-        let name = name.ok_or_else(|| Fatal::new("08P01", "invalid Describe message"))?;
-        if kind == b'P' {
-            self.forward_step(Step::DescribePortal, msg, false);
-            return Ok(());
-        }
-        match self.statements.get(name).cloned().filter(|_| !name.is_empty()) {
-            Some(stmt) => {
-                self.begin_step(false);
-                self.prepare_on_server(&stmt, true);
-                prepared::describe_statement(&stmt.server_name(), &mut self.sout);
-                self.outstanding.push(Pending::Step(Step::DescribeStatement, Owner::Client));
-            }
-            None => self.forward_step(Step::DescribeStatement, msg, false),
-        }
-        Ok(())
-    }
-
-    /// Closing a named statement only forgets the client's name: the server
-    /// copy stays for other clients and is answered by the proxy.
-    fn on_close(&mut self, msg: &Bytes) -> Result<(), Fatal> {
-        let body = &msg[frame::HEADER_LEN..];
-        match body.split_first() {
-            Some((b'S', rest)) => {
-                let (name, _) = frame::cstr(rest).ok_or_else(|| Fatal::new("08P01", "invalid Close message"))?;
-                if name.is_empty() {
-                    self.forward_step(Step::Close, msg, false);
-                } else {
-                    self.statements.remove(name);
-                    self.outstanding.push(Pending::Step(Step::Close, Owner::Synthetic));
-                }
-            }
-            Some((b'P', _)) => self.forward_step(Step::Close, msg, false),
-            _ => return Err(Fatal::new("08P01", "invalid Close message")),
-        }
-        Ok(())
-    }
-
-    /// Opens an extended-protocol unit; the tenant goes first when it starts a
-    /// transaction. `tx_first` says the unit opens with transaction control,
-    /// which needs `SET LOCAL` (it takes no snapshot, so `BEGIN ISOLATION
-    /// LEVEL` still works after it).
-    fn begin_step(&mut self, tx_first: bool) {
-        if self.unit_open {
-            return;
-        }
-        self.unit_open = true;
-        self.unit_tx = false;
-        if self.predicted != Some(IDLE) {
-            return;
-        }
-        if tx_first {
-            build::parse_unnamed(&mut self.sout, &self.tenant_stmt);
-            build::bind_unnamed(&mut self.sout);
-            self.outstanding.push(Pending::Step(Step::Parse, Owner::Proxy));
-        } else {
-            let stmt = self.tenant_select.clone();
-            self.prepare_on_server(&stmt, true);
-            prepared::bind_text(&stmt.server_name(), &[&self.tenant], &mut self.sout);
-        }
-        build::execute_unnamed(&mut self.sout);
-        for step in [Step::Bind, Step::Execute] {
-            self.outstanding.push(Pending::Step(step, Owner::Proxy));
-        }
-    }
-
-    fn forward_step(&mut self, step: Step, msg: &[u8], tx: bool) {
-        self.begin_step(tx);
-        self.unit_tx |= tx;
-        self.sout.extend_from_slice(msg);
-        self.outstanding.push(Pending::Step(step, Owner::Client));
-    }
-
-    fn on_sync(&mut self, msg: &[u8]) {
-        self.sout.extend_from_slice(msg);
-        self.outstanding.push(Pending::Sync);
-        if self.unit_tx {
-            self.predicted = None;
-        }
-        self.unit_open = false;
-        self.unit_tx = false;
-    }
-
     /// Filters every complete server message into the client's buffer.
     fn process_server(&mut self) -> Result<(), Fatal> {
         let Some(server) = self.server.as_mut() else { return Ok(()) };
@@ -589,46 +357,6 @@ impl Session {
             if pooled.conn.rbuf.is_empty() && !std::mem::take(&mut self.dirty) {
                 self.shared.pool.checkin(pooled);
             }
-        }
-    }
-
-    /// After a transaction that changed settings, reads them back before the
-    /// server is released. Returns whether a capture query was sent.
-    fn start_capture(&mut self) -> bool {
-        if self.changed.is_empty() && !self.reset_all {
-            return false;
-        }
-        let mut names = std::mem::take(&mut self.changed);
-        if std::mem::take(&mut self.reset_all) {
-            names.extend(self.desired.keys().cloned());
-            if let Some(server) = &self.server {
-                names.extend(server.conn.settings.keys().cloned());
-            }
-        }
-        if names.is_empty() {
-            return false;
-        }
-        self.capturing = names.into_iter().collect();
-        build::query(&mut self.sout, params::capture_sql(&self.capturing).as_bytes());
-        self.outstanding.push(Pending::Internal { capture: true });
-        true
-    }
-
-    /// Takes in the values a capture query read.
-    fn finish_capture(&mut self, row: &[u8]) {
-        let names = std::mem::take(&mut self.capturing);
-        let Some(values) = params::parse_data_row(row).filter(|v| v.len() == names.len()) else {
-            self.dirty = true;
-            return;
-        };
-        for (name, value) in names.into_iter().zip(values) {
-            match value {
-                Some(v) => self.desired.insert(name, v),
-                None => self.desired.remove(&name),
-            };
-        }
-        if let Some(server) = self.server.as_mut() {
-            server.conn.settings = self.desired.clone();
         }
     }
 
@@ -750,56 +478,4 @@ fn pool_fatal(e: PoolError) -> Fatal {
             .hint("all upstream.pool_size connections are busy; retry later or raise upstream.pool_size / upstream.pool_timeout_seconds"),
         PoolError::Connect(e) => Fatal::new("08006", format!("pgtenant could not connect to the upstream database: {e}")),
     }
-}
-
-/// The name, text and parameter-type section of a Parse message.
-fn parse_fields(msg: &Bytes) -> Option<(Bytes, Bytes, Bytes)> {
-    let body = &msg[frame::HEADER_LEN..];
-    let (name, rest) = frame::cstr(body)?;
-    let (sql, types) = frame::cstr(rest)?;
-    let count = i16::from_be_bytes([*types.first()?, *types.get(1)?]);
-    if count < 0 || types.len() != 2 + 4 * count as usize {
-        return None;
-    }
-    Some((msg.slice_ref(name), msg.slice_ref(sql), msg.slice_ref(types)))
-}
-
-/// Applies a client's startup settings on a server connection, so that bad
-/// values fail the login as they would on PostgreSQL; returns the
-/// ParameterStatus values the server reported for them.
-async fn apply_startup_settings(shared: &Shared, settings: &Settings) -> Result<Vec<(String, String)>, Fatal> {
-    let mut pooled = shared.pool.checkout(shared.config.upstream.pool_timeout).await.map_err(pool_fatal)?;
-    let Some(sql) = params::apply_sql(settings, &pooled.conn.settings, true) else {
-        shared.pool.checkin(pooled);
-        return Ok(Vec::new());
-    };
-    match pooled.conn.simple_query(&sql).await {
-        Ok(Ok(reported)) => {
-            pooled.conn.settings = settings.clone();
-            shared.pool.checkin(pooled);
-            Ok(reported)
-        }
-        Ok(Err(e)) => {
-            // The failed query ran in its own transaction: nothing changed.
-            shared.pool.checkin(pooled);
-            Err(Fatal::new(startup_sqlstate(&e.code), e.message))
-        }
-        Err(e) => Err(Fatal::new("08006", format!("pgtenant could not reach the upstream database: {e}"))),
-    }
-}
-
-/// Replaces or adds reported values in the greeting's parameter list.
-fn overlay(params: &mut Vec<(String, String)>, reported: Vec<(String, String)>) {
-    for (name, value) in reported {
-        match params.iter_mut().find(|(n, _)| *n == name) {
-            Some(slot) => slot.1 = value,
-            None => params.push((name, value)),
-        }
-    }
-}
-
-/// The SQLSTATE to report for a startup setting PostgreSQL rejected (a
-/// `Fatal` carries a static code, so the likely ones are listed).
-fn startup_sqlstate(code: &str) -> &'static str {
-    ["42704", "22023", "42501", "55P02", "0A000", "22P02", "42602"].into_iter().find(|c| *c == code).unwrap_or("22023")
 }

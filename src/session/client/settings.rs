@@ -1,0 +1,153 @@
+//! Session state on the server connection: settings that follow the client,
+//! state that cannot (and closes the connection instead of pooling it), and
+//! prepared statements dropped by `DISCARD ALL`.
+
+use super::{pool_fatal, Session};
+use crate::server::Shared;
+use crate::session::outstanding::Pending;
+use crate::session::params::{self, Settings};
+use crate::session::Fatal;
+use crate::sql::inspect::{DiscardKind, Inspection, SessionEffect};
+use crate::wire::build;
+
+impl Session {
+    /// `DISCARD ALL` and `DEALLOCATE ALL` drop every prepared statement on the
+    /// server and, for the client, its own: forget both sides' tables. Should
+    /// the statement fail after all, re-preparing is still safe (see
+    /// [`Self::prepare_on_server`]).
+    pub(super) fn note_deallocation(&mut self, insp: &Inspection) {
+        let drops_all = insp.statements.iter().any(|s| {
+            matches!(
+                s.session,
+                Some(SessionEffect::Discard(DiscardKind::All) | SessionEffect::Deallocate { name: None })
+            )
+        });
+        if drops_all {
+            self.statements.clear();
+            if let Some(server) = self.server.as_mut() {
+                server.conn.prepared.clear();
+            }
+        }
+    }
+
+    /// Brings a newly attached server's session settings in line with the
+    /// client's, with one hidden Query in the same write as what follows.
+    pub(super) fn sync_settings(&mut self) {
+        let server = self.server.as_mut().expect("a server is attached");
+        if let Some(sql) = params::apply_sql(&self.desired, &server.conn.settings, self.standard_conforming_strings) {
+            build::query(&mut self.sout, sql.as_bytes());
+            self.outstanding.push(Pending::Internal { capture: false });
+            server.conn.settings = self.desired.clone();
+        }
+    }
+
+    /// Records what the client's statements do to session state: settings
+    /// are read back later; state that cannot follow the client marks the
+    /// server connection so it is closed instead of pooled.
+    pub(super) fn note_session_effects(&mut self, insp: &Inspection, sql: &[u8]) {
+        for effect in insp.statements.iter().filter_map(|s| s.session.as_ref()) {
+            match effect {
+                SessionEffect::Set { local: true, .. } => {}
+                SessionEffect::Set { name, .. } | SessionEffect::Reset { name } => {
+                    if params::valid_name(name) && !params::NOT_FOLLOWED.contains(&name.as_str()) {
+                        self.changed.insert(name.clone());
+                    } else {
+                        self.dirty = true;
+                    }
+                }
+                SessionEffect::ResetAll | SessionEffect::Discard(DiscardKind::All) => self.reset_all = true,
+                SessionEffect::Unlisten
+                | SessionEffect::Deallocate { .. }
+                | SessionEffect::Discard(DiscardKind::Plans) => {}
+                _ => self.dirty = true,
+            }
+        }
+        // set_config's third argument may make it session-wide, under any name.
+        if sql.windows(10).any(|w| w.eq_ignore_ascii_case(b"set_config")) {
+            self.dirty = true;
+        }
+    }
+
+    /// After a transaction that changed settings, reads them back before the
+    /// server is released. Returns whether a capture query was sent.
+    pub(super) fn start_capture(&mut self) -> bool {
+        if self.changed.is_empty() && !self.reset_all {
+            return false;
+        }
+        let mut names = std::mem::take(&mut self.changed);
+        if std::mem::take(&mut self.reset_all) {
+            names.extend(self.desired.keys().cloned());
+            if let Some(server) = &self.server {
+                names.extend(server.conn.settings.keys().cloned());
+            }
+        }
+        if names.is_empty() {
+            return false;
+        }
+        self.capturing = names.into_iter().collect();
+        build::query(&mut self.sout, params::capture_sql(&self.capturing).as_bytes());
+        self.outstanding.push(Pending::Internal { capture: true });
+        true
+    }
+
+    /// Takes in the values a capture query read.
+    pub(super) fn finish_capture(&mut self, row: &[u8]) {
+        let names = std::mem::take(&mut self.capturing);
+        let Some(values) = params::parse_data_row(row).filter(|v| v.len() == names.len()) else {
+            self.dirty = true;
+            return;
+        };
+        for (name, value) in names.into_iter().zip(values) {
+            match value {
+                Some(v) => self.desired.insert(name, v),
+                None => self.desired.remove(&name),
+            };
+        }
+        if let Some(server) = self.server.as_mut() {
+            server.conn.settings = self.desired.clone();
+        }
+    }
+}
+
+/// Applies a client's startup settings on a server connection, so that bad
+/// values fail the login as they would on PostgreSQL; returns the
+/// ParameterStatus values the server reported for them.
+pub(super) async fn apply_startup_settings(
+    shared: &Shared,
+    settings: &Settings,
+) -> Result<Vec<(String, String)>, Fatal> {
+    let mut pooled = shared.pool.checkout(shared.config.upstream.pool_timeout).await.map_err(pool_fatal)?;
+    let Some(sql) = params::apply_sql(settings, &pooled.conn.settings, true) else {
+        shared.pool.checkin(pooled);
+        return Ok(Vec::new());
+    };
+    match pooled.conn.simple_query(&sql).await {
+        Ok(Ok(reported)) => {
+            pooled.conn.settings = settings.clone();
+            shared.pool.checkin(pooled);
+            Ok(reported)
+        }
+        Ok(Err(e)) => {
+            // The failed query ran in its own transaction: nothing changed.
+            shared.pool.checkin(pooled);
+            Err(Fatal::new(startup_sqlstate(&e.code), e.message))
+        }
+        Err(e) => Err(Fatal::new("08006", format!("pgtenant could not reach the upstream database: {e}"))),
+    }
+}
+
+/// Replaces or adds reported values in the greeting's parameter list.
+pub(super) fn overlay(params: &mut Vec<(String, String)>, reported: Vec<(String, String)>) {
+    for (name, value) in reported {
+        match params.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => params.push((name, value)),
+        }
+    }
+}
+
+/// The SQLSTATE to report for a startup setting PostgreSQL rejected (a
+/// `Fatal` carries a static code, so the likely ones are listed).
+pub(super) fn startup_sqlstate(code: &str) -> &'static str {
+    ["42704", "22023", "42501", "55P02", "0A000", "22P02", "42602"].into_iter().find(|c| *c == code).unwrap_or("22023")
+}
