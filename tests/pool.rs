@@ -281,3 +281,28 @@ async fn prepared_statements_per_server_connection_are_bounded() {
     // Three of the client's, the proxy's tenant statement, and the count query itself.
     assert!(n <= 5, "{n} statements prepared on the server connection");
 }
+
+#[tokio::test]
+async fn named_parse_outside_a_transaction_needs_no_server() {
+    let pg = PgCluster::start().await;
+    let options = ProxyOptions::default().pool_size(1).set("upstream", "pool_timeout_seconds", "1");
+    let proxy = Proxy::start(&pg, options).await;
+    let mut holder = login(&proxy, TENANT_B).await;
+    assert_eq!(summarize(&holder.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
+    // The only server connection is busy, yet a synchronous prepare completes.
+    let mut a = login(&proxy, TENANT_A).await;
+    a.parse("q", TENANT_QUERY, &[]).sync();
+    a.parse("bad", "SELEC 1", &[]).sync();
+    a.flush().await;
+    assert_eq!(summarize(&a.read_until_ready().await), ["1", "Z:I"]);
+    assert_eq!(summarize(&a.read_until_ready().await), ["1", "Z:I"]);
+    assert_eq!(summarize(&holder.simple("COMMIT").await), ["C:COMMIT", "Z:I"]);
+    a.bind("", "q", &[]).execute("", 0).sync();
+    a.flush().await;
+    assert_eq!(summarize(&a.read_until_ready().await), ["2", &format!("D:{TENANT_A}"), "C:SELECT 1", "Z:I"]);
+    // A statement with an error reports it at its first use.
+    a.bind("", "bad", &[]).execute("", 0).sync();
+    a.flush().await;
+    let msgs = a.read_until_ready().await;
+    assert_eq!(summarize(&msgs), ["E:42601", "Z:I"]);
+}

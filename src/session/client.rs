@@ -190,10 +190,12 @@ impl Session {
 
     async fn serve(&mut self) -> Result<(), Fatal> {
         loop {
+            // Server replies first: a ReadyForQuery may settle the transaction
+            // status that client messages already buffered were waiting for.
+            self.process_server()?;
             if !self.process_client().await? {
                 return Ok(());
             }
-            self.process_server()?;
             self.maybe_release().await;
             match self.wait_event().await {
                 Ok(Event::ClientEof) => return Ok(()),
@@ -237,6 +239,10 @@ impl Session {
             other => {
                 return Err(Fatal::new("08P01", format!("invalid frontend message type {other}")));
             }
+        }
+        if tag == b'P' && !attached && !self.unit_open && self.try_lazy_parse(&msg)? {
+            self.outstanding.drain_synthetic(&mut self.cout);
+            return Ok(true);
         }
         self.ensure_server().await?;
         match tag {

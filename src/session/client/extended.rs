@@ -48,6 +48,31 @@ impl Session {
         Ok(())
     }
 
+    /// A named Parse outside any transaction needs no server: the statement is
+    /// remembered, the proxy answers ParseComplete itself, and it is prepared
+    /// upstream on first use. Clients that prepare synchronously (libpq's
+    /// PQprepare, `pgbench -M prepared`) thus never wait for a server
+    /// connection just to prepare, which would deadlock a pgbench thread
+    /// whose other client holds one. An error in the text surfaces at the
+    /// statement's first Bind or Describe. Returns false when the Parse must
+    /// go upstream now (unnamed, refused, duplicate name, not one statement).
+    pub(super) fn try_lazy_parse(&mut self, msg: &Bytes) -> Result<bool, Fatal> {
+        let (name, sql, types) = parse_fields(msg).ok_or_else(|| Fatal::new("08P01", "invalid Parse message"))?;
+        if name.is_empty() || self.statements.get(&name).is_some() {
+            return Ok(false);
+        }
+        let insp = self.shared.inspector.inspect(&sql, self.standard_conforming_strings);
+        if insp.lex_error || insp.statements.len() != 1 || inject::refusal(&insp.statements[0]).is_some() {
+            return Ok(false);
+        }
+        let st = &insp.statements[0];
+        let (tx, session) = (st.tx != TxControl::None, st.session.is_some());
+        let id = self.shared.prepared.id_for(&sql, &types);
+        self.statements.insert(name, Arc::new(Statement { id, text: sql, types, tx, session }));
+        self.outstanding.push(Pending::Step(Step::Parse, Owner::Synthetic));
+        Ok(true)
+    }
+
     /// A Parse that fails upstream at the same point, its error rewritten to `r`.
     pub(super) fn stand_in_parse(&mut self, r: Refused) {
         build::parse(&mut self.sout, b"", inject::STAND_IN, b"\0\0");
@@ -99,6 +124,7 @@ impl Session {
         if stmt.session {
             // Executed again, possibly in another transaction: note its effects again.
             let insp = self.shared.inspector.inspect(&stmt.text, self.standard_conforming_strings);
+            self.note_deallocation(&insp);
             self.note_session_effects(&insp, &stmt.text);
         }
         self.prepare_on_server(&stmt, true);
