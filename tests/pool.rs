@@ -306,3 +306,31 @@ async fn named_parse_outside_a_transaction_needs_no_server() {
     let msgs = a.read_until_ready().await;
     assert_eq!(summarize(&msgs), ["E:42601", "Z:I"]);
 }
+
+#[tokio::test]
+async fn upstream_cleartext_password_login_works() {
+    let pg = PgCluster::start().await;
+    let su = pg.superuser().await;
+    su.batch_execute(
+        "CREATE ROLE plain_user LOGIN PASSWORD 'plain-secret'; GRANT CONNECT ON DATABASE app TO plain_user;",
+    )
+    .await
+    .unwrap();
+    // First matching pg_hba line wins: ask plain_user for a cleartext password.
+    let hba = pg.data_dir().join("pg_hba.conf");
+    let old = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("host all plain_user 127.0.0.1/32 password\n{old}")).unwrap();
+    su.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let options =
+        ProxyOptions::default().upstream_user("plain_user").set("upstream", "password", "\"plain-secret\"");
+    let proxy = Proxy::start(&pg, options).await;
+    let mut c = login(&proxy, TENANT_A).await;
+    assert_eq!(summarize(&c.simple("SELECT current_user").await), ["T", "D:plain_user", "C:SELECT 1", "Z:I"]);
+    let method: String = su
+        .query_one("SELECT auth_method FROM pg_hba_file_rules WHERE 'plain_user' = ANY(user_name)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(method, "password");
+}
