@@ -322,8 +322,7 @@ async fn upstream_cleartext_password_login_works() {
     std::fs::write(&hba, format!("host all plain_user 127.0.0.1/32 password\n{old}")).unwrap();
     su.batch_execute("SELECT pg_reload_conf()").await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let options =
-        ProxyOptions::default().upstream_user("plain_user").set("upstream", "password", "\"plain-secret\"");
+    let options = ProxyOptions::default().upstream_user("plain_user").set("upstream", "password", "\"plain-secret\"");
     let proxy = Proxy::start(&pg, options).await;
     let mut c = login(&proxy, TENANT_A).await;
     assert_eq!(summarize(&c.simple("SELECT current_user").await), ["T", "D:plain_user", "C:SELECT 1", "Z:I"]);
@@ -333,4 +332,31 @@ async fn upstream_cleartext_password_login_works() {
         .unwrap()
         .get(0);
     assert_eq!(method, "password");
+}
+
+#[tokio::test]
+async fn sql_deallocate_of_a_protocol_statement_is_honoured() {
+    let pg = PgCluster::start().await;
+    let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(2)).await;
+    let mut a = login(&proxy, TENANT_A).await;
+    a.parse("_pg3_0", TENANT_QUERY, &[]).sync();
+    a.flush().await;
+    assert_eq!(summarize(&a.read_until_ready().await), ["1", "Z:I"]);
+    a.bind("", "_pg3_0", &[]).execute("", 0).sync();
+    a.flush().await;
+    assert_eq!(summarize(&a.read_until_ready().await), ["2", &format!("D:{TENANT_A}"), "C:SELECT 1", "Z:I"]);
+    // psycopg 3 evicts its prepared statements with SQL DEALLOCATE.
+    assert_eq!(summarize(&a.simple("DEALLOCATE _pg3_0").await), ["C:DEALLOCATE", "Z:I"]);
+    a.bind("", "_pg3_0", &[]).execute("", 0).sync();
+    a.flush().await;
+    assert_eq!(summarize(&a.read_until_ready().await), ["E:26000", "Z:I"]);
+    // The name can be prepared again, inside a transaction too.
+    assert_eq!(summarize(&a.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
+    a.parse("_pg3_0", "SELECT 2", &[]).bind("", "_pg3_0", &[]).execute("", 0).sync();
+    a.flush().await;
+    assert_eq!(summarize(&a.read_until_ready().await), ["1", "2", "D:2", "C:SELECT 1", "Z:T"]);
+    assert_eq!(summarize(&a.simple("DEALLOCATE _pg3_0").await), ["C:DEALLOCATE", "Z:T"]);
+    assert_eq!(summarize(&a.simple("COMMIT").await), ["C:COMMIT", "Z:I"]);
+    // Unknown names still get PostgreSQL's own error.
+    assert_eq!(summarize(&a.simple("DEALLOCATE nosuch").await), ["E:26000", "Z:I"]);
 }

@@ -240,6 +240,10 @@ impl Session {
                 return Err(Fatal::new("08P01", format!("invalid frontend message type {other}")));
             }
         }
+        if tag == b'Q' && self.try_local_deallocate(&msg) {
+            self.outstanding.drain_synthetic(&mut self.cout);
+            return Ok(true);
+        }
         if tag == b'P' && !attached && !self.unit_open && self.try_lazy_parse(&msg)? {
             self.outstanding.drain_synthetic(&mut self.cout);
             return Ok(true);

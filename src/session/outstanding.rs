@@ -97,6 +97,9 @@ pub enum Pending {
     Sync,
     /// A simple Query (or a refused function call): statements, then ReadyForQuery.
     Query(QueryPlan),
+    /// A reply the proxy gives itself to a whole simple Query, ReadyForQuery
+    /// included, sent when it reaches the front.
+    Reply(BytesMut),
     /// The proxy's own simple Query (re-applying or reading settings): every
     /// reply is dropped; the first DataRow is kept when `capture` is set.
     Internal {
@@ -137,7 +140,7 @@ impl Outstanding {
     /// Records a request sent upstream.
     pub fn push(&mut self, p: Pending) {
         match p {
-            Pending::Sync | Pending::Query(_) | Pending::Internal { .. } => {
+            Pending::Sync | Pending::Query(_) | Pending::Internal { .. } | Pending::Reply(_) => {
                 self.units += 1;
                 self.skipping = false;
             }
@@ -166,7 +169,8 @@ impl Outstanding {
             _ => {}
         }
         match self.queue.front_mut() {
-            None => Action::Forward,
+            // A proxy reply at the front is always drained before server messages.
+            None | Some(Pending::Reply(_)) => Action::Forward,
             Some(Pending::Sync) => {
                 if tag == b'Z' {
                     self.pop_unit();
@@ -209,13 +213,19 @@ impl Outstanding {
 
     /// Writes the replies the proxy gives itself while they are next in line.
     pub fn drain_synthetic(&mut self, out: &mut BytesMut) {
-        while let Some(Pending::Step(step, Owner::Synthetic)) = self.queue.front() {
-            let tag = match step {
-                Step::Close => b'3',
-                _ => b'1',
-            };
-            build::message(out, tag, |_| {});
-            self.queue.pop_front();
+        loop {
+            match self.queue.front() {
+                Some(Pending::Step(step, Owner::Synthetic)) => {
+                    let tag = if *step == Step::Close { b'3' } else { b'1' };
+                    build::message(out, tag, |_| {});
+                    self.queue.pop_front();
+                }
+                Some(Pending::Reply(reply)) => {
+                    out.extend_from_slice(reply);
+                    self.pop_unit();
+                }
+                _ => return,
+            }
         }
     }
 

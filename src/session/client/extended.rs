@@ -4,14 +4,14 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{Session, IDLE};
 use crate::session::inject::{self, Refused};
 use crate::session::outstanding::{Owner, Pending, Step};
 use crate::session::prepared::{self, Statement};
 use crate::session::Fatal;
-use crate::sql::inspect::TxControl;
+use crate::sql::inspect::{SessionEffect, TxControl};
 use crate::wire::{build, frame};
 
 impl Session {
@@ -71,6 +71,36 @@ impl Session {
         self.statements.insert(name, Arc::new(Statement { id, text: sql, types, tx, session }));
         self.outstanding.push(Pending::Step(Step::Parse, Owner::Synthetic));
         Ok(true)
+    }
+
+    /// `DEALLOCATE name` of one of the client's protocol-level statements:
+    /// PostgreSQL accepts it for those, but upstream they have proxy names.
+    /// The proxy forgets the client's name and answers itself (the server
+    /// copy stays, shared). Only a Query of exactly that statement, with the
+    /// transaction status known and not aborted, is answered so.
+    pub(super) fn try_local_deallocate(&mut self, msg: &[u8]) -> bool {
+        let Some((sql, b"")) = frame::cstr(&msg[frame::HEADER_LEN..]) else { return false };
+        // A cheap look first: this runs for every Query.
+        let head = sql.trim_ascii_start();
+        if head.len() < 10 || !head[..10].eq_ignore_ascii_case(b"deallocate") {
+            return false;
+        }
+        let status = match self.predicted {
+            Some(s @ (IDLE | b'T')) if !self.unit_open => s,
+            _ => return false,
+        };
+        let insp = self.shared.inspector.inspect(sql, self.standard_conforming_strings);
+        let [st] = insp.statements.as_slice() else { return false };
+        let Some(SessionEffect::Deallocate { name: Some(name) }) = &st.session else { return false };
+        if insp.lex_error || self.statements.get(name.as_bytes()).is_none() {
+            return false;
+        }
+        self.statements.remove(name.as_bytes());
+        let mut reply = BytesMut::new();
+        build::message(&mut reply, b'C', |b| b.put_slice(b"DEALLOCATE\0"));
+        build::ready_for_query(&mut reply, status);
+        self.outstanding.push(Pending::Reply(reply));
+        true
     }
 
     /// A Parse that fails upstream at the same point, its error rewritten to `r`.
