@@ -797,3 +797,23 @@ async fn asymmetric_algorithms_verify_with_a_pem_public_key() {
         assert_eq!(err.code(), "28P01", "{name}");
     }
 }
+
+#[tokio::test]
+async fn expired_token_may_finish_its_transaction_then_is_disconnected() {
+    let pg = PgCluster::start().await;
+    let proxy = Proxy::start(&pg, ProxyOptions::default().set("auth", "leeway_seconds", "0")).await;
+    let mut claims = default_claims(TENANT_A);
+    claims["exp"] = json!(now_secs() + 3);
+    let mut c = RawClient::connect(proxy.port()).await;
+    c.login("anyname", "app", &proxy.token_with(claims)).await.expect("login while valid");
+    assert_eq!(summarize(&c.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The open transaction finishes normally...
+    assert_eq!(summarize(&c.simple("SELECT 1").await), ["T", "D:1", "C:SELECT 1", "Z:T"]);
+    assert_eq!(summarize(&c.simple("COMMIT").await), ["C:COMMIT", "Z:I"]);
+    // ...and the next transaction is refused: the client must reconnect with a fresh token.
+    c.query("SELECT 1").flush().await;
+    let msgs = c.expect_closed().await;
+    assert_eq!(summarize(&msgs), ["E:28P01"]);
+    assert_eq!(msgs[0].error_fields()[&'M'], "token has expired");
+}

@@ -98,6 +98,9 @@ pub struct Session {
     /// Names of the settings the pending capture query reads, in order.
     capturing: Vec<String>,
     standard_conforming_strings: bool,
+    /// When the client's token, leeway included, stops admitting new
+    /// transactions (unix seconds).
+    expires_at: u64,
 }
 
 enum Event {
@@ -133,7 +136,7 @@ pub async fn run(shared: Arc<Shared>, logged: LoggedIn, peer: SocketAddr) {
 
 impl Session {
     async fn start(shared: Arc<Shared>, logged: LoggedIn, peer: SocketAddr) -> Result<Session, (Fatal, ClientStream)> {
-        let LoggedIn { stream, rbuf, tenant, user, settings, .. } = logged;
+        let LoggedIn { stream, rbuf, tenant, user, settings, expires_at } = logged;
         let mut params = match shared.pool.server_params(shared.config.upstream.pool_timeout).await {
             Ok(p) => p.as_ref().clone(),
             Err(e) => return Err((pool_fatal(e), stream)),
@@ -158,6 +161,7 @@ impl Session {
         let setting = shared.config.tenant.setting.clone();
         let stmt = format!("SET LOCAL {setting} = '{}'", tenant.as_str());
         tracing::info!(%peer, user = %user, tenant = %tenant.as_str(), tls = stream.is_tls(), "client logged in");
+        let shared_leeway = shared.config.auth.leeway;
         Ok(Session {
             shared,
             peer,
@@ -185,6 +189,7 @@ impl Session {
             capturing: Vec::new(),
             unnamed_tx: false,
             standard_conforming_strings: scs,
+            expires_at: expires_at.saturating_add(shared_leeway),
         })
     }
 
@@ -267,6 +272,11 @@ impl Session {
     async fn ensure_server(&mut self) -> Result<(), Fatal> {
         if self.server.is_some() {
             return Ok(());
+        }
+        // A transaction already open may finish; a new one needs a live token.
+        if unix_now() > self.expires_at {
+            return Err(Fatal::new("28P01", "token has expired")
+                .hint("reconnect with a fresh token (e.g. node-postgres: password as an async function)"));
         }
         let pooled = self.shared.pool.checkout(self.shared.config.upstream.pool_timeout).await.map_err(pool_fatal)?;
         let (pid, secret) = pooled.conn.key;
@@ -488,4 +498,8 @@ fn pool_fatal(e: PoolError) -> Fatal {
             .hint("all upstream.pool_size connections are busy; retry later or raise upstream.pool_size / upstream.pool_timeout_seconds"),
         PoolError::Connect(e) => Fatal::new("08006", format!("pgtenant could not connect to the upstream database: {e}")),
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
