@@ -20,7 +20,7 @@ pub const MIN_HS_SECRET_LEN: usize = 32;
 const SCHEMA: &[(&str, &str)] = &[
     ("listen", "addr tls_cert tls_key allow_plaintext_auth max_client_conn startup_timeout_seconds"),
     ("upstream", "host port database user password password_env pool_size tls tls_ca_file"),
-    ("upstream", "connect_timeout_seconds pool_timeout_seconds max_prepared_statements"),
+    ("upstream", "connect_timeout_seconds pool_timeout_seconds max_prepared_statements allow_rls_bypassing_role"),
     ("auth", "algorithms hs_secret_env hs_secret public_key_file jwks_file jwks_url"),
     ("auth", "tenant_claim tenant_format issuer audience leeway_seconds"),
     ("tenant", "setting mode signing_key_env signing_key_file"),
@@ -101,6 +101,10 @@ pub struct UpstreamConfig {
     /// Prepared statements kept per server connection; the least recently
     /// used is closed beyond this.
     pub max_prepared_statements: usize,
+    /// Serve even when `user` can bypass row-level security (a superuser,
+    /// BYPASSRLS, or owner of tables without FORCE). Tenants are then NOT
+    /// isolated; meant only for migrations and tests.
+    pub allow_rls_bypassing_role: bool,
 }
 
 /// `upstream.tls`: TLS policy towards PostgreSQL.
@@ -222,6 +226,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("pool_timeout", &self.pool_timeout)
             .field("max_prepared_statements", &self.max_prepared_statements)
+            .field("allow_rls_bypassing_role", &self.allow_rls_bypassing_role)
             .finish()
     }
 }
@@ -331,6 +336,7 @@ fn upstream(r: &mut Reader) -> Result<UpstreamConfig, Reported> {
     let connect_timeout = r.int("upstream.connect_timeout_seconds", 1, 300, 5);
     let pool_timeout = r.int("upstream.pool_timeout_seconds", 1, 3600, 10);
     let max_prepared = r.int("upstream.max_prepared_statements", 1, 100_000, 200);
+    let allow_bypass = r.boolean("upstream.allow_rls_bypassing_role", false);
     if let (Ok(VerifyFull), Ok(None)) = (&tls, &tls_ca_file) {
         let msg = "required when upstream.tls = \"verify-full\"";
         tls_ca_file = Err(r.fail("upstream.tls_ca_file", msg));
@@ -347,6 +353,7 @@ fn upstream(r: &mut Reader) -> Result<UpstreamConfig, Reported> {
         connect_timeout: seconds(connect_timeout?),
         pool_timeout: seconds(pool_timeout?),
         max_prepared_statements: max_prepared? as usize,
+        allow_rls_bypassing_role: allow_bypass?,
     })
 }
 

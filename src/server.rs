@@ -64,6 +64,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", shared.config.listen.addr))?;
     tracing::info!(addr = %shared.config.listen.addr, "pgtenant listening");
+    tokio::spawn(check_upstream(shared.clone()));
     let limit = Arc::new(Semaphore::new(shared.config.listen.max_client_conn));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -82,6 +83,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     Ok(())
+}
+
+/// Connects once at startup so a bad upstream (unreachable, wrong password,
+/// a role that bypasses RLS) is in the log before the first client comes.
+async fn check_upstream(shared: Arc<Shared>) {
+    match shared.pool.checkout(shared.config.upstream.connect_timeout).await {
+        Ok(pooled) => {
+            tracing::info!(user = %shared.config.upstream.user, "upstream reachable; role checked");
+            shared.pool.checkin(pooled);
+        }
+        Err(e) => tracing::error!(error = %e, "upstream check at startup failed; clients will get this error"),
+    }
 }
 
 fn accept(shared: Arc<Shared>, limit: &Arc<Semaphore>, tcp: TcpStream, peer: SocketAddr) {

@@ -3,6 +3,7 @@
 
 pub mod connect;
 pub mod pool;
+pub mod role;
 
 pub use connect::{ServerConn, UpstreamError};
 pub use pool::{Pool, PoolError, Pooled};

@@ -5,4 +5,5 @@
 pub mod build;
 pub mod error;
 pub mod frame;
+pub mod row;
 pub mod startup;

@@ -71,7 +71,11 @@ async fn upstream_md5_and_trust_logins_work() {
     let mut c = login(&proxy, TENANT_A).await;
     assert_eq!(summarize(&c.simple("SELECT current_user").await), ["T", "D:md5_user", "C:SELECT 1", "Z:I"]);
     // postgres has trust on 127.0.0.1 in the test cluster: no password at all.
-    let trust = ProxyOptions::default().upstream_user("postgres").unset("upstream", "password");
+    let trust = ProxyOptions::default().upstream_user("postgres").unset("upstream", "password").set(
+        "upstream",
+        "allow_rls_bypassing_role",
+        "true",
+    );
     let proxy = Proxy::start(&pg, trust).await;
     let mut c = login(&proxy, TENANT_A).await;
     assert_eq!(summarize(&c.simple("SELECT current_user").await), ["T", "D:postgres", "C:SELECT 1", "Z:I"]);

@@ -39,6 +39,9 @@ pub enum UpstreamError {
     /// The server sent something this client cannot follow.
     #[error("upstream protocol error: {0}")]
     Protocol(String),
+    /// `upstream.user` can bypass row-level security.
+    #[error("{0}")]
+    UnsafeRole(String),
 }
 
 /// What the upstream connector needs besides the config: prepared TLS settings.
@@ -114,6 +117,15 @@ impl PreparedCache {
     }
 }
 
+/// What a query run by the proxy itself returned.
+#[derive(Debug, Default)]
+pub struct QueryOutcome {
+    /// ParameterStatus values reported while it ran.
+    pub reported: Vec<(String, String)>,
+    /// The first row, as text values.
+    pub first_row: Option<Vec<Option<String>>>,
+}
+
 /// An error a server reported for a query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerError {
@@ -145,6 +157,7 @@ impl Connector {
             settings: BTreeMap::new(),
         };
         conn.login(&self.cfg).await?;
+        super::role::check(&mut conn, &self.cfg).await?;
         Ok(conn)
     }
 
@@ -191,27 +204,25 @@ impl ServerConn {
         self.stream.write_all(buf).await
     }
 
-    /// Runs one simple Query to completion on an idle connection; returns the
-    /// ParameterStatus values it reported, or the server's error.
-    pub async fn simple_query(
-        &mut self,
-        sql: &str,
-    ) -> Result<Result<Vec<(String, String)>, ServerError>, UpstreamError> {
+    /// Runs one simple Query to completion on an idle connection; returns
+    /// what it reported, or the server's error.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Result<QueryOutcome, ServerError>, UpstreamError> {
         let mut out = BytesMut::new();
         crate::wire::build::query(&mut out, sql.as_bytes());
         self.write_all(&out).await?;
-        let mut reported = Vec::new();
+        let mut outcome = QueryOutcome::default();
         let mut failure = None;
         loop {
             let (tag, body) = self.read_message().await?;
             match tag {
-                b'S' => reported.push(parse_parameter(&body)?),
+                b'S' => outcome.reported.push(parse_parameter(&body)?),
+                b'D' if outcome.first_row.is_none() => outcome.first_row = crate::wire::row::parse_data_row(&body),
                 b'E' if failure.is_none() => {
                     let fields = error::fields(&body).unwrap_or_default();
                     let get = |k| String::from_utf8_lossy(error::field(&fields, k).unwrap_or(b"")).into_owned();
                     failure = Some(ServerError { code: get(b'C'), message: get(b'M') });
                 }
-                b'Z' => return Ok(failure.map_or(Ok(reported), Err)),
+                b'Z' => return Ok(failure.map_or(Ok(outcome), Err)),
                 _ => {}
             }
         }

@@ -93,7 +93,7 @@ impl Session {
     /// Takes in the values a capture query read.
     pub(super) fn finish_capture(&mut self, row: &[u8]) {
         let names = std::mem::take(&mut self.capturing);
-        let Some(values) = params::parse_data_row(row).filter(|v| v.len() == names.len()) else {
+        let Some(values) = crate::wire::row::parse_data_row(row).filter(|v| v.len() == names.len()) else {
             self.dirty = true;
             return;
         };
@@ -122,10 +122,10 @@ pub(super) async fn apply_startup_settings(
         return Ok(Vec::new());
     };
     match pooled.conn.simple_query(&sql).await {
-        Ok(Ok(reported)) => {
+        Ok(Ok(outcome)) => {
             pooled.conn.settings = settings.clone();
             shared.pool.checkin(pooled);
-            Ok(reported)
+            Ok(outcome.reported)
         }
         Ok(Err(e)) => {
             // The failed query ran in its own transaction: nothing changed.
