@@ -109,3 +109,28 @@ async fn random_bytes_after_login_never_take_the_proxy_down() {
     }
     still_serves(&proxy, &mut bystander).await;
 }
+
+#[tokio::test]
+async fn clients_beyond_max_client_conn_are_refused() {
+    let pg = PgCluster::start().await;
+    let proxy = Proxy::start(&pg, ProxyOptions::default().set("listen", "max_client_conn", "2")).await;
+    let mut a = login(&proxy, TENANT_A).await;
+    let mut b = login(&proxy, TENANT_B).await;
+    let mut third = RawClient::connect(proxy.port()).await;
+    let msgs = third.expect_closed().await;
+    assert_eq!(summarize(&msgs), ["E:53300"]);
+    assert_eq!(summarize(&a.simple("SELECT 1").await), ["T", "D:1", "C:SELECT 1", "Z:I"]);
+    b.terminate().flush().await;
+    // A slot frees when a client leaves.
+    let mut again = None;
+    for _ in 0..50 {
+        let mut c = RawClient::connect(proxy.port()).await;
+        if c.login("anyname", "app", &proxy.token(TENANT_B)).await.is_ok() {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut again = again.expect("a slot became free");
+    assert_eq!(summarize(&again.simple("SELECT 1").await), ["T", "D:1", "C:SELECT 1", "Z:I"]);
+}
