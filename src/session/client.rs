@@ -39,6 +39,7 @@ use crate::wire::{build, frame};
 mod extended;
 mod settings;
 
+use extended::First;
 use settings::{apply_startup_settings, overlay};
 
 /// Largest message accepted from a client.
@@ -81,8 +82,10 @@ pub struct Session {
     server_status: u8,
     /// The client's named prepared statements.
     statements: ClientStatements,
-    /// The client's unnamed statement contains transaction control.
-    unnamed_tx: bool,
+    /// The client's unnamed statement, if it has one.
+    unnamed: Option<Arc<Statement>>,
+    /// Whether the attached server holds it under the unnamed name right now.
+    unnamed_on_server: bool,
     /// The attached server may carry session state of this client (a
     /// session-level SET, LISTEN, temp table, ...). Such a connection is
     /// closed instead of going back to the pool, so nothing can reach
@@ -187,7 +190,8 @@ impl Session {
             changed: BTreeSet::new(),
             reset_all: false,
             capturing: Vec::new(),
-            unnamed_tx: false,
+            unnamed: None,
+            unnamed_on_server: false,
             standard_conforming_strings: scs,
             expires_at: expires_at.saturating_add(shared_leeway),
         })
@@ -260,7 +264,7 @@ impl Session {
             b'P' => self.on_parse(msg)?,
             b'B' => self.on_bind(&msg)?,
             b'D' => self.on_describe(&msg)?,
-            b'E' => self.forward_step(Step::Execute, &msg, false),
+            b'E' => self.forward_step(Step::Execute, &msg, First::Plain),
             b'C' => self.on_close(&msg)?,
             b'S' => self.on_sync(&msg),
             _ => self.sout.extend_from_slice(&msg),
@@ -283,6 +287,7 @@ impl Session {
         *self.cancel.slot.lock().await = Some(ServerKey { pid, secret });
         self.server = Some(pooled);
         self.server_status = IDLE;
+        self.unnamed_on_server = false;
         self.sync_settings();
         Ok(())
     }
@@ -299,6 +304,8 @@ impl Session {
         let tx_control = insp.statements.iter().any(|s| s.tx != TxControl::None);
         self.note_deallocation(&insp);
         self.note_session_effects(&insp, &sql);
+        // A simple Query drops the unnamed statement, as on PostgreSQL.
+        self.forget_unnamed();
         match inject::rewrite_query(&sql, &insp, &self.tenant_stmt, inject) {
             None => {
                 self.sout.extend_from_slice(&msg);
@@ -321,6 +328,7 @@ impl Session {
     /// transaction state as a real error would leave it.
     fn on_function_call(&mut self) {
         build::query(&mut self.sout, inject::STAND_IN);
+        self.unnamed_on_server = false;
         let refused = Refused::privilege("the fastpath function call interface is not supported by pgtenant".into());
         self.outstanding.push(Pending::Query(QueryPlan::new(vec![Role::StandIn(refused)], None)));
     }

@@ -104,6 +104,14 @@ pub fn refusal(st: &Statement) -> Option<Refused> {
     if let Some(r) = &st.refusal {
         return Some(Refused::privilege(r.message()));
     }
+    // Upstream, the only SQL-level prepared statements are the proxy's own.
+    if st.executes {
+        return Some(Refused::pooling("EXECUTE of an SQL prepared statement", "use your driver's prepared statements"));
+    }
+    if let Some(SessionEffect::Deallocate { name: Some(name) }) = &st.session {
+        let message = format!("prepared statement \"{name}\" does not exist");
+        return Some(Refused { code: "26000", message, hint: None });
+    }
     let (what, hint) = match st.session.as_ref()? {
         SessionEffect::Prepare { .. } => ("SQL PREPARE", "use your driver's protocol-level prepared statements"),
         SessionEffect::Listen => ("LISTEN", "connect to PostgreSQL directly to receive notifications"),

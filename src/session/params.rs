@@ -114,19 +114,26 @@ fn split_words(s: &str) -> Vec<String> {
     words
 }
 
-/// SQL that takes a server connection from `current` to `desired`, or
-/// `None` when they already agree.
-pub fn apply_sql(desired: &Settings, current: &Settings, scs: bool) -> Option<String> {
-    let mut statements: Vec<String> =
-        current.keys().filter(|n| !desired.contains_key(*n)).map(|n| format!("RESET {n}")).collect();
+/// `RESET` statements for the settings `current` has and `desired` lacks.
+pub fn reset_statements(desired: &Settings, current: &Settings) -> Vec<String> {
+    current.keys().filter(|n| !desired.contains_key(*n)).map(|n| format!("RESET {n}")).collect()
+}
+
+/// One `SELECT set_config(...)` for the settings whose values differ.
+pub fn set_statement(desired: &Settings, current: &Settings, scs: bool) -> Option<String> {
     let sets: Vec<String> = desired
         .iter()
         .filter(|(n, v)| current.get(*n) != Some(*v))
         .map(|(n, v)| format!("pg_catalog.set_config('{n}', {}, false)", quote_literal(v, scs)))
         .collect();
-    if !sets.is_empty() {
-        statements.push(format!("SELECT {}", sets.join(", ")));
-    }
+    (!sets.is_empty()).then(|| format!("SELECT {}", sets.join(", ")))
+}
+
+/// SQL that takes a server connection from `current` to `desired`, or
+/// `None` when they already agree.
+pub fn apply_sql(desired: &Settings, current: &Settings, scs: bool) -> Option<String> {
+    let mut statements = reset_statements(desired, current);
+    statements.extend(set_statement(desired, current, scs));
     (!statements.is_empty()).then(|| statements.join("; "))
 }
 

@@ -26,6 +26,9 @@ pub struct Statement {
     pub tx: bool,
     /// Whether executing it changes session state (re-inspected at each Bind).
     pub session: bool,
+    /// Whether it cannot run inside a transaction block (VACUUM, ...): the
+    /// tenant is not injected in front of it.
+    pub no_block: bool,
 }
 
 impl Statement {
@@ -37,6 +40,10 @@ impl Statement {
 
 /// Id reserved for the proxy's own tenant statement (see [`tenant_statement`]).
 pub const TENANT_STATEMENT_ID: u64 = u64::MAX;
+
+/// Name of the statement a stand-in Parse tries (and fails) to create, so that
+/// a refusal never disturbs the client's unnamed statement.
+pub const REFUSED_NAME: &[u8] = b"pgtenant_refused";
 
 /// The server-side name of statement `id`.
 pub fn server_name(id: u64) -> Vec<u8> {
@@ -53,7 +60,7 @@ pub fn tenant_statement(setting: &str) -> Statement {
     let text = format!("SELECT pg_catalog.set_config('{setting}', $1, true)");
     // One parameter, of type text (OID 25).
     let types = Bytes::from_static(&[0, 1, 0, 0, 0, 25]);
-    Statement { id: TENANT_STATEMENT_ID, text: Bytes::from(text), types, tx: false, session: false }
+    Statement { id: TENANT_STATEMENT_ID, text: Bytes::from(text), types, tx: false, session: false, no_block: false }
 }
 
 /// Appends a Bind of statement `name` to the unnamed portal with text parameters.

@@ -58,6 +58,10 @@ pub struct Statement {
     pub refusal: Option<Refusal>,
     /// Session state the statement creates or changes, for the pooler.
     pub session: Option<SessionEffect>,
+    /// Runs an SQL-level prepared statement (`EXECUTE`, `EXPLAIN ... EXECUTE`,
+    /// `CREATE TABLE ... AS EXECUTE`): behind a pooler the only such
+    /// statements upstream are the proxy's own.
+    pub executes: bool,
 }
 
 /// Transaction control done by a statement.
@@ -240,7 +244,8 @@ impl Inspector {
     fn classify(&self, toks: &[Token<'_>], span: Range<usize>) -> Statement {
         let lead = lead(toks);
         let session = lead.session.or_else(|| select_into_temp(toks)).or_else(|| advisory_lock(toks));
-        Statement { span, tx: lead.tx, no_tx_block: lead.no_tx_block, refusal: self.refusal(toks), session }
+        let executes = executes_prepared(toks);
+        Statement { span, tx: lead.tx, no_tx_block: lead.no_tx_block, refusal: self.refusal(toks), session, executes }
     }
 
     /// Scans every token, not just the leading ones, so that `SET` clauses inside
@@ -554,6 +559,18 @@ fn lossy_value(tok: &Token<'_>) -> String {
 }
 
 /// What the statement's leading keywords say.
+/// `EXECUTE name`, `EXPLAIN [...] EXECUTE name`, `... AS EXECUTE name`.
+fn executes_prepared(toks: &[Token<'_>]) -> bool {
+    let Some(first) = toks.first() else { return false };
+    if first.is_keyword("execute") {
+        return true;
+    }
+    if first.is_keyword("explain") && toks.iter().any(|t| t.is_keyword("execute")) {
+        return true;
+    }
+    toks.windows(2).any(|w| w[0].is_keyword("as") && w[1].is_keyword("execute"))
+}
+
 #[derive(Debug, Default)]
 struct Lead {
     tx: TxControl,
@@ -1212,6 +1229,22 @@ mod tests {
             ("SELECT 1", None),
         ] {
             assert_eq!(only(sql).session, effect, "{sql}");
+        }
+    }
+
+    #[test]
+    fn execute_of_prepared_statements_is_flagged() {
+        for sql in
+            ["EXECUTE p(1)", "execute pgtenant_tenant('x')", "EXPLAIN ANALYZE EXECUTE p", "CREATE TABLE t AS EXECUTE p"]
+        {
+            assert!(inspect(sql).statements[0].executes, "{sql}");
+        }
+        for sql in [
+            "SELECT 1",
+            "CREATE TRIGGER t AFTER INSERT ON x FOR EACH ROW EXECUTE FUNCTION f()",
+            "GRANT EXECUTE ON FUNCTION f() TO app_user",
+        ] {
+            assert!(!inspect(sql).statements[0].executes, "{sql}");
         }
     }
 

@@ -68,6 +68,8 @@ pub struct ServerConn {
     pub prepared: PreparedCache,
     /// Session settings known to differ from the defaults, by lowercase name.
     pub settings: BTreeMap<String, String>,
+    /// Which client used the connection last (an opaque id; 0 for none).
+    pub last_client: u64,
 }
 
 /// The proxy-named statements prepared on one server connection, with
@@ -155,6 +157,7 @@ impl Connector {
             created: Instant::now(),
             prepared: PreparedCache::default(),
             settings: BTreeMap::new(),
+            last_client: 0,
         };
         conn.login(&self.cfg).await?;
         super::role::check(&mut conn, &self.cfg).await?;

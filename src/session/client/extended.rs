@@ -11,41 +11,107 @@ use crate::session::inject::{self, Refused};
 use crate::session::outstanding::{Owner, Pending, Step};
 use crate::session::prepared::{self, Statement};
 use crate::session::Fatal;
-use crate::sql::inspect::{SessionEffect, TxControl};
+use crate::sql::inspect::{Inspection, SessionEffect, TxControl};
 use crate::wire::{build, frame};
+
+/// What the first step of an extended-protocol unit runs, which decides how
+/// the tenant is injected in front of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum First {
+    /// Anything else: the bound tenant statement.
+    Plain,
+    /// Transaction control: `SET LOCAL`.
+    TxControl,
+    /// A statement that cannot run in a transaction block: nothing.
+    NoBlock,
+}
+
+impl First {
+    fn of(stmt: &Statement) -> First {
+        if stmt.no_block {
+            First::NoBlock
+        } else if stmt.tx {
+            First::TxControl
+        } else {
+            First::Plain
+        }
+    }
+}
 
 impl Session {
     pub(super) fn on_parse(&mut self, msg: Bytes) -> Result<(), Fatal> {
         let (name, sql, types) = parse_fields(&msg).ok_or_else(|| Fatal::new("08P01", "invalid Parse message"))?;
         let insp = self.shared.inspector.inspect(&sql, self.standard_conforming_strings);
-        let tx = insp.statements.iter().any(|s| s.tx != TxControl::None);
-        self.begin_step(tx);
-        self.unit_tx |= tx;
+        let mut stmt = statement(&insp, sql, types);
+        self.begin_step(First::of(&stmt));
+        self.unit_tx |= stmt.tx;
         self.note_deallocation(&insp);
-        self.note_session_effects(&insp, &sql);
+        self.note_session_effects(&insp, &stmt.text);
         let refusal =
             if insp.lex_error { Some(Refused::unparsable()) } else { insp.statements.iter().find_map(inject::refusal) };
         if let Some(r) = refusal {
-            self.stand_in_parse(r);
+            if name.is_empty() {
+                // PostgreSQL drops the unnamed statement even when its Parse fails.
+                self.forget_unnamed();
+                self.stand_in_parse(b"", r);
+            } else {
+                self.stand_in_parse(prepared::REFUSED_NAME, r);
+            }
         } else if name.is_empty() {
-            self.unnamed_tx = tx;
             self.sout.extend_from_slice(&msg);
             self.outstanding.push(Pending::Step(Step::Parse, Owner::Client));
+            self.unnamed = Some(Arc::new(stmt));
+            self.unnamed_on_server = true;
         } else if self.statements.get(&name).is_some() {
-            let text = String::from_utf8_lossy(&name);
-            self.stand_in_parse(Refused {
-                code: "42P05",
-                message: format!("prepared statement \"{text}\" already exists"),
-                hint: None,
-            });
+            let message = format!("prepared statement \"{}\" already exists", String::from_utf8_lossy(&name));
+            self.stand_in_parse(prepared::REFUSED_NAME, Refused { code: "42P05", message, hint: None });
         } else {
-            let id = self.shared.prepared.id_for(&sql, &types);
-            let session = insp.statements.iter().any(|s| s.session.is_some());
-            let stmt = Arc::new(Statement { id, text: sql, types, tx, session });
+            stmt.id = self.shared.prepared.id_for(&stmt.text, &stmt.types);
+            let stmt = Arc::new(stmt);
             self.statements.insert(name, stmt.clone());
             self.prepare_on_server(&stmt, false);
         }
         Ok(())
+    }
+
+    /// The client's unnamed statement is gone (a Query ran, it was closed, or
+    /// its Parse failed).
+    pub(super) fn forget_unnamed(&mut self) {
+        self.unnamed = None;
+        self.unnamed_on_server = false;
+    }
+
+    /// The client's unnamed statement must be on the attached server before a
+    /// Bind or Describe of it: the server connection may have changed, or the
+    /// proxy's own statements may have replaced it.
+    fn ensure_unnamed(&mut self, stmt: &Statement) {
+        if !self.unnamed_on_server {
+            build::parse(&mut self.sout, b"", &stmt.text, &stmt.types);
+            self.outstanding.push(Pending::Step(Step::Parse, Owner::Proxy));
+            self.unnamed_on_server = true;
+        }
+    }
+
+    /// The client's statement called `name` (`""` is the unnamed one).
+    fn client_statement(&self, name: &[u8]) -> Option<Arc<Statement>> {
+        if name.is_empty() {
+            self.unnamed.clone()
+        } else {
+            self.statements.get(name).cloned()
+        }
+    }
+
+    /// A Bind or Describe of a statement the client does not have: the error
+    /// PostgreSQL would give. Never forwarded, since upstream names belong to
+    /// the proxy.
+    fn unknown_statement(&mut self, name: &[u8]) {
+        self.begin_step(First::Plain);
+        let message = if name.is_empty() {
+            "unnamed prepared statement does not exist".to_string()
+        } else {
+            format!("prepared statement \"{}\" does not exist", String::from_utf8_lossy(name))
+        };
+        self.stand_in_parse(prepared::REFUSED_NAME, Refused { code: "26000", message, hint: None });
     }
 
     /// A named Parse outside any transaction needs no server: the statement is
@@ -65,10 +131,9 @@ impl Session {
         if insp.lex_error || insp.statements.len() != 1 || inject::refusal(&insp.statements[0]).is_some() {
             return Ok(false);
         }
-        let st = &insp.statements[0];
-        let (tx, session) = (st.tx != TxControl::None, st.session.is_some());
-        let id = self.shared.prepared.id_for(&sql, &types);
-        self.statements.insert(name, Arc::new(Statement { id, text: sql, types, tx, session }));
+        let mut stmt = statement(&insp, sql, types);
+        stmt.id = self.shared.prepared.id_for(&stmt.text, &stmt.types);
+        self.statements.insert(name, Arc::new(stmt));
         self.outstanding.push(Pending::Step(Step::Parse, Owner::Synthetic));
         Ok(true)
     }
@@ -104,8 +169,8 @@ impl Session {
     }
 
     /// A Parse that fails upstream at the same point, its error rewritten to `r`.
-    pub(super) fn stand_in_parse(&mut self, r: Refused) {
-        build::parse(&mut self.sout, b"", inject::STAND_IN, b"\0\0");
+    pub(super) fn stand_in_parse(&mut self, name: &[u8], r: Refused) {
+        build::parse(&mut self.sout, name, inject::STAND_IN, b"\0\0");
         self.outstanding.push(Pending::Step(Step::Parse, Owner::StandIn(r)));
     }
 
@@ -140,16 +205,11 @@ impl Session {
         let bad = || Fatal::new("08P01", "invalid Bind message");
         let (_portal, rest) = frame::cstr(&msg[frame::HEADER_LEN..]).ok_or_else(bad)?;
         let (name, _) = frame::cstr(rest).ok_or_else(bad)?;
-        if name.is_empty() {
-            self.forward_step(Step::Bind, msg, self.unnamed_tx);
-            return Ok(());
-        }
-        let Some(stmt) = self.statements.get(name).cloned() else {
-            // Unknown to the proxy: PostgreSQL will say it does not exist.
-            self.forward_step(Step::Bind, msg, false);
+        let Some(stmt) = self.client_statement(name) else {
+            self.unknown_statement(name);
             return Ok(());
         };
-        self.begin_step(stmt.tx);
+        self.begin_step(First::of(&stmt));
         self.unit_tx |= stmt.tx;
         if stmt.session {
             // Executed again, possibly in another transaction: note its effects again.
@@ -157,31 +217,39 @@ impl Session {
             self.note_deallocation(&insp);
             self.note_session_effects(&insp, &stmt.text);
         }
-        self.prepare_on_server(&stmt, true);
-        prepared::rename_bind(msg, &stmt.server_name(), &mut self.sout).ok_or_else(bad)?;
+        if name.is_empty() {
+            self.ensure_unnamed(&stmt);
+            self.sout.extend_from_slice(msg);
+        } else {
+            self.prepare_on_server(&stmt, true);
+            prepared::rename_bind(msg, &stmt.server_name(), &mut self.sout).ok_or_else(bad)?;
+        }
         self.outstanding.push(Pending::Step(Step::Bind, Owner::Client));
         Ok(())
     }
 
     pub(super) fn on_describe(&mut self, msg: &Bytes) -> Result<(), Fatal> {
-        let body = &msg[frame::HEADER_LEN..];
-        let (kind, name) = match body.split_first() {
-            Some((kind @ (b'S' | b'P'), rest)) => (*kind, frame::cstr(rest).map(|(n, _)| n)),
-            _ => return Err(Fatal::new("08P01", "invalid Describe message")),
-        };
-        let name = name.ok_or_else(|| Fatal::new("08P01", "invalid Describe message"))?;
-        if kind == b'P' {
-            self.forward_step(Step::DescribePortal, msg, false);
-            return Ok(());
-        }
-        match self.statements.get(name).cloned().filter(|_| !name.is_empty()) {
-            Some(stmt) => {
-                self.begin_step(false);
-                self.prepare_on_server(&stmt, true);
-                prepared::describe_statement(&stmt.server_name(), &mut self.sout);
+        let bad = || Fatal::new("08P01", "invalid Describe message");
+        let (kind, rest) = msg[frame::HEADER_LEN..].split_first().ok_or_else(bad)?;
+        let (name, _) = frame::cstr(rest).ok_or_else(bad)?;
+        match kind {
+            b'P' => self.forward_step(Step::DescribePortal, msg, First::Plain),
+            b'S' => {
+                let Some(stmt) = self.client_statement(name) else {
+                    self.unknown_statement(name);
+                    return Ok(());
+                };
+                self.begin_step(First::Plain);
+                if name.is_empty() {
+                    self.ensure_unnamed(&stmt);
+                    self.sout.extend_from_slice(msg);
+                } else {
+                    self.prepare_on_server(&stmt, true);
+                    prepared::describe_statement(&stmt.server_name(), &mut self.sout);
+                }
                 self.outstanding.push(Pending::Step(Step::DescribeStatement, Owner::Client));
             }
-            None => self.forward_step(Step::DescribeStatement, msg, false),
+            _ => return Err(bad()),
         }
         Ok(())
     }
@@ -189,40 +257,43 @@ impl Session {
     /// Closing a named statement only forgets the client's name: the server
     /// copy stays for other clients and is answered by the proxy.
     pub(super) fn on_close(&mut self, msg: &Bytes) -> Result<(), Fatal> {
-        let body = &msg[frame::HEADER_LEN..];
-        match body.split_first() {
-            Some((b'S', rest)) => {
-                let (name, _) = frame::cstr(rest).ok_or_else(|| Fatal::new("08P01", "invalid Close message"))?;
-                if name.is_empty() {
-                    self.forward_step(Step::Close, msg, false);
-                } else {
-                    self.statements.remove(name);
-                    self.outstanding.push(Pending::Step(Step::Close, Owner::Synthetic));
-                }
+        let bad = || Fatal::new("08P01", "invalid Close message");
+        let (kind, rest) = msg[frame::HEADER_LEN..].split_first().ok_or_else(bad)?;
+        let (name, _) = frame::cstr(rest).ok_or_else(bad)?;
+        match (kind, name.is_empty()) {
+            (b'S', false) => {
+                self.statements.remove(name);
+                self.outstanding.push(Pending::Step(Step::Close, Owner::Synthetic));
             }
-            Some((b'P', _)) => self.forward_step(Step::Close, msg, false),
-            _ => return Err(Fatal::new("08P01", "invalid Close message")),
+            (b'S', true) => {
+                self.forget_unnamed();
+                self.forward_step(Step::Close, msg, First::Plain);
+            }
+            (b'P', _) => self.forward_step(Step::Close, msg, First::Plain),
+            _ => return Err(bad()),
         }
         Ok(())
     }
 
     /// Opens an extended-protocol unit; the tenant goes first when it starts a
-    /// transaction. `tx_first` says the unit opens with transaction control,
-    /// which needs `SET LOCAL` (it takes no snapshot, so `BEGIN ISOLATION
-    /// LEVEL` still works after it).
-    pub(super) fn begin_step(&mut self, tx_first: bool) {
+    /// transaction. A unit opening with transaction control gets `SET LOCAL`
+    /// (it takes no snapshot, so `BEGIN ISOLATION LEVEL` still works after
+    /// it); one opening with a statement that cannot run in a transaction
+    /// block gets nothing (it runs without a tenant: fail closed).
+    pub(super) fn begin_step(&mut self, first: First) {
         if self.unit_open {
             return;
         }
         self.unit_open = true;
         self.unit_tx = false;
-        if self.predicted != Some(IDLE) {
+        if self.predicted != Some(IDLE) || first == First::NoBlock {
             return;
         }
-        if tx_first {
+        if first == First::TxControl {
             build::parse_unnamed(&mut self.sout, &self.tenant_stmt);
             build::bind_unnamed(&mut self.sout);
             self.outstanding.push(Pending::Step(Step::Parse, Owner::Proxy));
+            self.unnamed_on_server = false;
         } else {
             let stmt = self.tenant_select.clone();
             self.prepare_on_server(&stmt, true);
@@ -234,9 +305,8 @@ impl Session {
         }
     }
 
-    pub(super) fn forward_step(&mut self, step: Step, msg: &[u8], tx: bool) {
-        self.begin_step(tx);
-        self.unit_tx |= tx;
+    pub(super) fn forward_step(&mut self, step: Step, msg: &[u8], first: First) {
+        self.begin_step(first);
         self.sout.extend_from_slice(msg);
         self.outstanding.push(Pending::Step(step, Owner::Client));
     }
@@ -262,4 +332,15 @@ pub(super) fn parse_fields(msg: &Bytes) -> Option<(Bytes, Bytes, Bytes)> {
         return None;
     }
     Some((msg.slice_ref(name), msg.slice_ref(sql), msg.slice_ref(types)))
+}
+
+/// A statement's text and what the proxy needs to know about it; `id` is
+/// assigned when it gets a server-side name.
+fn statement(insp: &Inspection, text: Bytes, types: Bytes) -> Statement {
+    let tx = insp.statements.iter().any(|s| s.tx != TxControl::None);
+    // set_config's third argument may make it session-wide, under any name.
+    let session = insp.statements.iter().any(|s| s.session.is_some())
+        || text.windows(10).any(|w| w.eq_ignore_ascii_case(b"set_config"));
+    let no_block = matches!(insp.statements.as_slice(), [only] if only.no_tx_block);
+    Statement { id: 0, text, types, tx, session, no_block }
 }

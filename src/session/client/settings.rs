@@ -33,12 +33,24 @@ impl Session {
     /// Brings a newly attached server's session settings in line with the
     /// client's, with one hidden Query in the same write as what follows.
     pub(super) fn sync_settings(&mut self) {
+        let me = self.cancel.pid as u64;
         let server = self.server.as_mut().expect("a server is attached");
-        if let Some(sql) = params::apply_sql(&self.desired, &server.conn.settings, self.standard_conforming_strings) {
+        let current = &server.conn.settings;
+        // Sequence state (lastval, currval) of another client must not show.
+        let switching = std::mem::replace(&mut server.conn.last_client, me) != me;
+        let mut resets = params::reset_statements(&self.desired, current);
+        if switching {
+            resets.insert(0, "DISCARD SEQUENCES".to_string());
+        }
+        let sets = params::set_statement(&self.desired, current, self.standard_conforming_strings);
+        // Two queries: should the values fail to apply, the resets still hold,
+        // so the client never runs with another client's settings.
+        for sql in [(!resets.is_empty()).then(|| resets.join("; ")), sets].into_iter().flatten() {
             build::query(&mut self.sout, sql.as_bytes());
             self.outstanding.push(Pending::Internal { capture: false });
-            server.conn.settings = self.desired.clone();
+            self.unnamed_on_server = false;
         }
+        server.conn.settings = self.desired.clone();
     }
 
     /// Records what the client's statements do to session state: settings
@@ -86,6 +98,7 @@ impl Session {
         }
         self.capturing = names.into_iter().collect();
         build::query(&mut self.sout, params::capture_sql(&self.capturing).as_bytes());
+        self.unnamed_on_server = false;
         self.outstanding.push(Pending::Internal { capture: true });
         true
     }

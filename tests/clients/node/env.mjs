@@ -22,6 +22,9 @@ export const POOL_SIZE = Number(required('PGTENANT_POOL_SIZE'));
 
 export const TENANT_SQL = "SELECT current_setting('app.current_tenant_id') AS tenant";
 
+/** Per-test options: a hung test fails with its name instead of hanging the suite. */
+export const LIMIT = { timeout: 60_000 };
+
 /** Both tenants with their URLs, for tests that do the same for each. */
 export const TENANTS = [
   { name: 'A', tenant: TENANT_A, url: URL_A },

@@ -5,7 +5,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
 
-import { URL_A, URL_B, TENANT_A, TENANT_B, ADMIN_URL, POOL_SIZE, TENANT_SQL, TENANTS, marker } from './env.mjs';
+import { LIMIT, URL_A, URL_B, TENANT_A, TENANT_B, ADMIN_URL, POOL_SIZE, TENANT_SQL, TENANTS, marker } from './env.mjs';
 
 const pools = [];
 function pool(url, max) {
@@ -45,7 +45,7 @@ after(async () => {
   await Promise.all(pools.map((p) => p.end()));
 });
 
-test('each tenant sees only its own rows (insert and count through each)', async () => {
+test('each tenant sees only its own rows (insert and count through each)', LIMIT, async () => {
   const name = marker('pg-iso');
   const a = await client(URL_A);
   const b = await client(URL_B);
@@ -80,7 +80,7 @@ test('each tenant sees only its own rows (insert and count through each)', async
   }
 });
 
-test('every one of many concurrent queries sees its token tenant', async () => {
+test('every one of many concurrent queries sees its token tenant', LIMIT, async () => {
   const pa = pool(URL_A, 10);
   const pb = pool(URL_B, 10);
   const jobs = [];
@@ -105,7 +105,7 @@ test('every one of many concurrent queries sees its token tenant', async () => {
   assert.ok(pids.size <= POOL_SIZE, `${pids.size} server backends for pool_size ${POOL_SIZE}`);
 });
 
-test('an error inside a transaction: normal error, ROLLBACK works, next query works', async () => {
+test('an error inside a transaction: normal error, ROLLBACK works, next query works', LIMIT, async () => {
   const name = marker('pg-err');
   const c = await client(URL_A);
   try {
@@ -136,7 +136,7 @@ test('an error inside a transaction: normal error, ROLLBACK works, next query wo
   assert.deepEqual(await adminCount(name), {});
 });
 
-test('changing the tenant setting is refused with 42501 and the connection stays usable', async () => {
+test('changing the tenant setting is refused with 42501 and the connection stays usable', LIMIT, async () => {
   const c = await client(URL_A);
   try {
     const refused = (err) => err.code === '42501';
@@ -165,7 +165,7 @@ test('changing the tenant setting is refused with 42501 and the connection stays
   }
 });
 
-test('named prepared statements run many times across a pool of client connections', async () => {
+test('named prepared statements run many times across a pool of client connections', LIMIT, async () => {
   const name = marker('pg-prep');
   const seeded = { [TENANT_A]: 2, [TENANT_B]: 4 };
   for (const { tenant, url } of TENANTS) {
@@ -222,7 +222,7 @@ test('named prepared statements run many times across a pool of client connectio
   assert.deepEqual(await adminCount(ins), { [TENANT_A]: 100, [TENANT_B]: 100 });
 });
 
-test('a transaction (BEGIN ... COMMIT) sees the tenant in every statement', async () => {
+test('a transaction (BEGIN ... COMMIT) sees the tenant in every statement', LIMIT, async () => {
   const name = marker('pg-tx');
   const p = pool(URL_A, 4);
   const c = await p.connect();
@@ -262,7 +262,7 @@ test('a transaction (BEGIN ... COMMIT) sees the tenant in every statement', asyn
   }
 });
 
-test('BEGIN ISOLATION LEVEL SERIALIZABLE and SET TRANSACTION work, with the tenant', async () => {
+test('BEGIN ISOLATION LEVEL SERIALIZABLE and SET TRANSACTION work, with the tenant', LIMIT, async () => {
   const c = await client(URL_B);
   try {
     // Simple protocol BEGIN.

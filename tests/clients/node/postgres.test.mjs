@@ -5,7 +5,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import postgres from 'postgres';
 
-import { URL_A, URL_B, TENANT_A, TENANT_B, ADMIN_URL, POOL_SIZE, TENANT_SQL, marker } from './env.mjs';
+import { LIMIT, URL_A, URL_B, TENANT_A, TENANT_B, ADMIN_URL, POOL_SIZE, TENANT_SQL, marker } from './env.mjs';
 
 const instances = [];
 function connect(url, options = {}) {
@@ -39,7 +39,7 @@ const code = (expected) => (err) => {
   return true;
 };
 
-test('each tenant sees only its own rows (insert and count through each)', async () => {
+test('each tenant sees only its own rows (insert and count through each)', LIMIT, async () => {
   const name = marker('pgjs-iso');
   const a = connect(URL_A);
   const b = connect(URL_B);
@@ -67,7 +67,7 @@ test('each tenant sees only its own rows (insert and count through each)', async
   assert.equal(await tenantOf(b), TENANT_B);
 });
 
-test('every one of many concurrent queries sees its token tenant', async () => {
+test('every one of many concurrent queries sees its token tenant', LIMIT, async () => {
   const a = connect(URL_A, { max: 10 });
   const b = connect(URL_B, { max: 10 });
   const jobs = [];
@@ -89,7 +89,7 @@ test('every one of many concurrent queries sees its token tenant', async () => {
   assert.ok(pids.size <= POOL_SIZE, `${pids.size} server backends for pool_size ${POOL_SIZE}`);
 });
 
-test('pipelined queries on one connection each see the tenant; an error fails only its query', async () => {
+test('pipelined queries on one connection each see the tenant; an error fails only its query', LIMIT, async () => {
   // max: 1 puts every query on one connection; postgres.js writes them without waiting.
   const a = connect(URL_A, { max: 1 });
   const b = connect(URL_B, { max: 1 });
@@ -123,7 +123,7 @@ test('pipelined queries on one connection each see the tenant; an error fails on
   assert.equal(await tenantOf(b), TENANT_B);
 });
 
-test('pipelined queries inside sql.begin see the tenant; an error rolls the whole block back', async () => {
+test('pipelined queries inside sql.begin see the tenant; an error rolls the whole block back', LIMIT, async () => {
   const name = marker('pgjs-pipe-tx');
   const a = connect(URL_A);
   const results = await a.begin((sql) => [
@@ -148,7 +148,7 @@ test('pipelined queries inside sql.begin see the tenant; an error rolls the whol
   assert.deepEqual(await adminCount(name), { [TENANT_A]: 1 });
 });
 
-test('an error inside a transaction: normal error, ROLLBACK works, next query works', async () => {
+test('an error inside a transaction: normal error, ROLLBACK works, next query works', LIMIT, async () => {
   const name = marker('pgjs-err');
   const a = connect(URL_A, { max: 3 });
   await assert.rejects(
@@ -191,7 +191,7 @@ test('an error inside a transaction: normal error, ROLLBACK works, next query wo
   }
 });
 
-test('changing the tenant setting is refused with 42501 and the connection stays usable', async () => {
+test('changing the tenant setting is refused with 42501 and the connection stays usable', LIMIT, async () => {
   const a = connect(URL_A, { max: 1 });
   await assert.rejects(a.unsafe(`SET app.current_tenant_id = '${TENANT_B}'`), code('42501'));
   assert.equal(await tenantOf(a), TENANT_A);
@@ -212,7 +212,7 @@ test('changing the tenant setting is refused with 42501 and the connection stays
   assert.equal(row.n, 0);
 });
 
-test('automatic prepared statements run many times across a pool of client connections', async () => {
+test('automatic prepared statements run many times across a pool of client connections', LIMIT, async () => {
   const name = marker('pgjs-prep');
   const seeded = { [TENANT_A]: 2, [TENANT_B]: 4 };
   const a = connect(URL_A, { max: 10 });
@@ -241,7 +241,7 @@ test('automatic prepared statements run many times across a pool of client conne
   assert.deepEqual(await adminCount(name + '-ins'), { [TENANT_A]: 200, [TENANT_B]: 200 });
 });
 
-test('sql.begin: every statement sees the tenant; many concurrent transactions of both tenants', async () => {
+test('sql.begin: every statement sees the tenant; many concurrent transactions of both tenants', LIMIT, async () => {
   const name = marker('pgjs-tx');
   const a = connect(URL_A, { max: 6 });
   const b = connect(URL_B, { max: 6 });
@@ -264,7 +264,7 @@ test('sql.begin: every statement sees the tenant; many concurrent transactions o
   assert.deepEqual(await adminCount(name), { [TENANT_A]: 40, [TENANT_B]: 40 });
 });
 
-test('sql.begin with isolation level serializable works, with the tenant', async () => {
+test('sql.begin with isolation level serializable works, with the tenant', LIMIT, async () => {
   const b = connect(URL_B);
   const row = await b.begin('isolation level serializable', async (sql) => {
     const [iso] = await sql`SHOW transaction_isolation`;
@@ -281,4 +281,45 @@ test('sql.begin with isolation level serializable works, with the tenant', async
   assert.deepEqual(ro, { iso: 'repeatable read', ro: 'on', tenant: TENANT_B });
   const [after] = await b`SHOW transaction_isolation`;
   assert.equal(after.transaction_isolation, 'read committed');
+});
+
+test('cursors (Execute with a row limit, portal kept across Flush) see the tenant', LIMIT, async () => {
+  const a = connect(URL_A, { max: 2 });
+  const seen = [];
+  // Outside an explicit transaction: the portal lives in the implicit one until Sync.
+  for await (const rows of a`SELECT current_setting('app.current_tenant_id') AS tenant, g FROM generate_series(1, 95) AS g`.cursor(10)) {
+    for (const row of rows) {
+      assert.equal(row.tenant, TENANT_A);
+      seen.push(row.g);
+    }
+  }
+  assert.equal(seen.length, 95);
+  assert.deepEqual(seen, Array.from({ length: 95 }, (_, i) => i + 1));
+  // Inside sql.begin, with the tenant read by every batch.
+  const n = await a.begin(async (sql) => {
+    let count = 0;
+    await sql`SELECT current_setting('app.current_tenant_id') AS tenant FROM generate_series(1, 30)`.cursor(7, (rows) => {
+      for (const row of rows) assert.equal(row.tenant, TENANT_A);
+      count += rows.length;
+    });
+    return count;
+  });
+  assert.equal(n, 30);
+  assert.equal(await tenantOf(a), TENANT_A);
+});
+
+test('query.cancel() cancels that query only; the connection stays usable', LIMIT, async () => {
+  const a = connect(URL_A, { max: 1 });
+  const b = connect(URL_B, { max: 1 });
+  assert.equal(await tenantOf(a), TENANT_A);
+  assert.equal(await tenantOf(b), TENANT_B);
+  const long = a`SELECT pg_sleep(30) AS slept`;
+  const other = b`SELECT pg_sleep(1) AS slept, current_setting('app.current_tenant_id') AS tenant`;
+  setTimeout(() => long.cancel(), 300);
+  const started = Date.now();
+  await assert.rejects(long, code('57014'));
+  assert.ok(Date.now() - started < 10_000, 'cancelled well before 30 s');
+  const [row] = await other;
+  assert.equal(row.tenant, TENANT_B);
+  assert.equal(await tenantOf(a), TENANT_A);
 });

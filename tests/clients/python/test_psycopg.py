@@ -305,5 +305,44 @@ class PsycopgTest(unittest.TestCase):
             self.assertLessEqual(tenants, {TENANT_A if conn is a else TENANT_B})
         self.assertEqual(admin_count(name), {TENANT_A: 10})
 
+    def test_server_side_cursor_in_a_transaction(self):
+        conn = self.connect(URL_A)
+        with conn.cursor(name="big") as cur:
+            cur.itersize = 7
+            cur.execute("SELECT current_setting('app.current_tenant_id'), g FROM generate_series(1, 50) AS g")
+            rows = list(cur)
+        self.assertEqual(rows, [(TENANT_A, g) for g in range(1, 51)])
+        self.assertEqual(tenant_of(conn), TENANT_A)
+        conn.commit()
+
+    def test_prepared_statement_eviction(self):
+        # prepared_max=5 with 20 distinct statements: psycopg evicts (DEALLOCATE) and re-prepares.
+        conn = self.connect(URL_B, autocommit=True, prepare_threshold=0)
+        conn.prepared_max = 5
+        for rnd in range(3):
+            for k in range(20):
+                row = conn.execute(f"SELECT current_setting('app.current_tenant_id'), %s::int + {k}", (rnd,)).fetchone()
+                self.assertEqual(row, (TENANT_B, rnd + k))
+
+    def test_cancel_cancels_that_query_only(self):
+        a = self.connect(URL_A, autocommit=True)
+        b = self.connect(URL_B, autocommit=True)
+        self.assertEqual(tenant_of(a), TENANT_A)
+        self.assertEqual(tenant_of(b), TENANT_B)
+        timer = threading.Timer(0.3, a.cancel_safe)
+        other = {}
+
+        def run_other():
+            other["row"] = b.execute("SELECT pg_sleep(1), current_setting('app.current_tenant_id')").fetchone()
+
+        thread = threading.Thread(target=run_other)
+        thread.start()
+        timer.start()
+        with self.assertRaises(errors.QueryCanceled):
+            a.execute("SELECT pg_sleep(30)")
+        thread.join(20)
+        self.assertEqual(other["row"][1], TENANT_B)
+        self.assertEqual(tenant_of(a), TENANT_A)
+
 if __name__ == "__main__":
     unittest.main()
