@@ -297,8 +297,15 @@ impl Session {
             Some((sql, b"")) => msg.slice(frame::HEADER_LEN..frame::HEADER_LEN + sql.len()),
             _ => return Err(Fatal::new("08P01", "invalid Query message")),
         };
+        if self.outstanding.is_skipping() {
+            // After an error the server ignores everything until Sync, this too.
+            self.sout.extend_from_slice(&msg);
+            return Ok(());
+        }
         let insp = self.shared.inspector.inspect(&sql, self.standard_conforming_strings);
-        let starts_transaction = self.predicted == Some(IDLE) && !self.unit_open;
+        // Inside an extended unit the tenant is already set, but setting it
+        // again is harmless and keeps this simple.
+        let starts_transaction = self.predicted == Some(IDLE);
         let single_no_block = insp.statements.len() == 1 && insp.statements[0].no_tx_block;
         let inject = starts_transaction && !insp.lex_error && !insp.statements.is_empty() && !single_no_block;
         let tx_control = insp.statements.iter().any(|s| s.tx != TxControl::None);
@@ -317,7 +324,10 @@ impl Session {
                 self.outstanding.push(Pending::Query(QueryPlan::new(roles, Some(rw.into_map()))));
             }
         }
-        if tx_control && !insp.lex_error {
+        // A Query ends an open extended unit's transaction, like a Sync.
+        let unit_tx = std::mem::take(&mut self.unit_tx);
+        self.unit_open = false;
+        if (tx_control && !insp.lex_error) || unit_tx {
             self.predicted = None;
         }
         Ok(())
@@ -329,6 +339,10 @@ impl Session {
     fn on_function_call(&mut self) {
         build::query(&mut self.sout, inject::STAND_IN);
         self.unnamed_on_server = false;
+        if std::mem::take(&mut self.unit_tx) {
+            self.predicted = None;
+        }
+        self.unit_open = false;
         let refused = Refused::privilege("the fastpath function call interface is not supported by pgtenant".into());
         self.outstanding.push(Pending::Query(QueryPlan::new(vec![Role::StandIn(refused)], None)));
     }

@@ -139,15 +139,26 @@ pub struct Outstanding {
 impl Outstanding {
     /// Records a request sent upstream.
     pub fn push(&mut self, p: Pending) {
+        if self.skipping && !matches!(p, Pending::Sync) {
+            // The server ignores everything up to the next Sync: nothing is owed.
+            if let Pending::Step(_, Owner::Prepare { id, .. }) = p {
+                self.unprepared.push(id);
+            }
+            return;
+        }
         match p {
             Pending::Sync | Pending::Query(_) | Pending::Internal { .. } | Pending::Reply(_) => {
                 self.units += 1;
                 self.skipping = false;
             }
-            Pending::Step(..) if self.skipping => return,
             Pending::Step(..) => {}
         }
         self.queue.push_back(p);
+    }
+
+    /// Whether the server is ignoring messages until the next Sync.
+    pub fn is_skipping(&self) -> bool {
+        self.skipping
     }
 
     /// Whether nothing is owed.
@@ -260,11 +271,18 @@ impl Outstanding {
 
     /// After an error the server skips every request up to the next Sync.
     fn fail_to_sync(&mut self) {
-        while let Some(Pending::Step(_, owner)) = self.queue.front() {
-            if let Owner::Prepare { id, .. } = owner {
-                self.unprepared.push(*id);
+        // Every request up to the Sync, a simple Query included, gets no reply.
+        loop {
+            match self.queue.front() {
+                None | Some(Pending::Sync) => break,
+                Some(Pending::Step(_, owner)) => {
+                    if let Owner::Prepare { id, .. } = owner {
+                        self.unprepared.push(*id);
+                    }
+                    self.queue.pop_front();
+                }
+                Some(_) => self.pop_unit(),
             }
-            self.queue.pop_front();
         }
         if self.queue.is_empty() {
             self.skipping = true;
