@@ -221,10 +221,16 @@ impl Session {
     /// Handles every complete client message that may go now. Returns false
     /// when the client asked to terminate.
     async fn process_client(&mut self) -> Result<bool, Fatal> {
-        while self.predicted.is_some() && self.sout.len() < HIGH_WATER {
+        // Backpressure both ways: stop while either peer is not reading.
+        while self.sout.len() < HIGH_WATER && self.cout.len() < HIGH_WATER {
             let header = frame::complete_header(&self.cin, MAX_CLIENT_MESSAGE)
                 .map_err(|e| Fatal::new("08P01", format!("invalid message from client: {e}")))?;
             let Some(h) = header else { break };
+            // While a transaction-control outcome is pending, only COPY data
+            // (which the server may be waiting for) and Flush may pass.
+            if self.predicted.is_none() && !matches!(h.tag, b'd' | b'c' | b'f' | b'H') {
+                break;
+            }
             let msg = self.cin.split_to(h.total).freeze();
             if !self.on_client_message(h.tag, msg).await? {
                 return Ok(false);
@@ -369,8 +375,12 @@ impl Session {
                 Action::Replace(b) => self.cout.extend_from_slice(&b),
             }
             self.outstanding.drain_synthetic(&mut self.cout);
-            for id in self.outstanding.take_unprepared() {
+            for (id, hidden) in self.outstanding.take_unprepared() {
                 server.conn.prepared.remove(&id);
+                if !hidden {
+                    // The client's own Parse failed: PostgreSQL would not have the name.
+                    self.statements.forget_id(id);
+                }
             }
         }
         if let Some(row) = self.outstanding.take_captured() {
@@ -445,7 +455,7 @@ impl Session {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.flush_client()).await;
         let Some(pooled) = self.server.take() else { return };
         *self.cancel.slot.lock().await = None;
-        let settled = self.changed.is_empty() && !self.reset_all;
+        let settled = self.changed.is_empty() && !self.reset_all && self.sout.is_empty();
         let clean =
             self.outstanding.is_empty() && !self.unit_open && self.server_status == IDLE && !self.dirty && settled;
         if clean && pooled.conn.rbuf.is_empty() {

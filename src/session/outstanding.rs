@@ -129,7 +129,7 @@ pub struct Outstanding {
     /// ignores everything until the next Sync, so nothing else is owed.
     skipping: bool,
     /// Statement ids whose Parse failed or was skipped.
-    unprepared: Vec<u64>,
+    unprepared: Vec<(u64, bool)>,
     /// The DataRow body kept by a capturing internal query.
     captured: Option<Vec<u8>>,
     /// An internal query failed: the server's settings are unknown.
@@ -141,8 +141,8 @@ impl Outstanding {
     pub fn push(&mut self, p: Pending) {
         if self.skipping && !matches!(p, Pending::Sync) {
             // The server ignores everything up to the next Sync: nothing is owed.
-            if let Pending::Step(_, Owner::Prepare { id, .. }) = p {
-                self.unprepared.push(id);
+            if let Pending::Step(_, Owner::Prepare { id, hidden }) = p {
+                self.unprepared.push((id, hidden));
             }
             return;
         }
@@ -251,7 +251,7 @@ impl Outstanding {
     }
 
     /// Statement ids the server did not prepare after all, since the last call.
-    pub fn take_unprepared(&mut self) -> Vec<u64> {
+    pub fn take_unprepared(&mut self) -> Vec<(u64, bool)> {
         std::mem::take(&mut self.unprepared)
     }
 
@@ -276,8 +276,8 @@ impl Outstanding {
             match self.queue.front() {
                 None | Some(Pending::Sync) => break,
                 Some(Pending::Step(_, owner)) => {
-                    if let Owner::Prepare { id, .. } = owner {
-                        self.unprepared.push(*id);
+                    if let Owner::Prepare { id, hidden } = owner {
+                        self.unprepared.push((*id, *hidden));
                     }
                     self.queue.pop_front();
                 }
@@ -445,7 +445,7 @@ mod prepare_tests {
         q.push(Pending::Step(Step::Parse, Owner::Prepare { id: 2, hidden: false }));
         q.push(Pending::Sync);
         assert_eq!(q.on_message(b'E', b"SERROR\0C42P01\0Mno table\0\0"), Action::Forward);
-        assert_eq!(q.take_unprepared(), vec![1, 2]);
+        assert_eq!(q.take_unprepared(), vec![(1, true), (2, false)]);
         assert!(q.take_unprepared().is_empty());
     }
 }

@@ -150,8 +150,9 @@ impl Session {
         if head.len() < 10 || !head[..10].eq_ignore_ascii_case(b"deallocate") {
             return false;
         }
+        // Only with nothing owed is the transaction status known for sure.
         let status = match self.predicted {
-            Some(s @ (IDLE | b'T')) if !self.unit_open => s,
+            Some(s @ (IDLE | b'T')) if !self.unit_open && self.outstanding.is_empty() => s,
             _ => return false,
         };
         let insp = self.shared.inspector.inspect(sql, self.standard_conforming_strings);
