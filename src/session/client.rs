@@ -24,7 +24,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::inject::{self, Refused, Role};
 use super::login::LoggedIn;
-use super::outstanding::{Action, Outstanding, Pending, QueryPlan, Step};
+use super::outstanding::{Action, Outstanding, Pending, QueryPlan};
 use super::params::Settings;
 use super::prepared::{self, ClientStatements, Statement};
 use super::Fatal;
@@ -39,7 +39,6 @@ use crate::wire::{build, frame};
 mod extended;
 mod settings;
 
-use extended::First;
 use settings::{apply_startup_settings, overlay};
 
 /// Largest message accepted from a client.
@@ -86,6 +85,15 @@ pub struct Session {
     unnamed: Option<Arc<Statement>>,
     /// Whether the attached server holds it under the unnamed name right now.
     unnamed_on_server: bool,
+    /// Portals bound in the open unit to a statement that ends a transaction.
+    ending_portals: Vec<Bytes>,
+    /// A transaction ended inside the open unit: set the tenant again before
+    /// the next step.
+    reinject: bool,
+    /// The settings from the startup packet, which `RESET` returns to.
+    startup: Settings,
+    /// Startup settings the client reset in this transaction.
+    reset_to_startup: BTreeSet<String>,
     /// The attached server may carry session state of this client (a
     /// session-level SET, LISTEN, temp table, ...). Such a connection is
     /// closed instead of going back to the pool, so nothing can reach
@@ -186,12 +194,16 @@ impl Session {
             server_status: IDLE,
             statements: ClientStatements::default(),
             dirty: false,
-            desired: settings,
+            desired: settings.clone(),
             changed: BTreeSet::new(),
             reset_all: false,
             capturing: Vec::new(),
             unnamed: None,
             unnamed_on_server: false,
+            ending_portals: Vec::new(),
+            reinject: false,
+            startup: settings,
+            reset_to_startup: BTreeSet::new(),
             standard_conforming_strings: scs,
             expires_at: expires_at.saturating_add(shared_leeway),
         })
@@ -270,9 +282,13 @@ impl Session {
             b'P' => self.on_parse(msg)?,
             b'B' => self.on_bind(&msg)?,
             b'D' => self.on_describe(&msg)?,
-            b'E' => self.forward_step(Step::Execute, &msg, First::Plain),
+            b'E' => self.on_execute(&msg)?,
             b'C' => self.on_close(&msg)?,
             b'S' => self.on_sync(&msg),
+            b'c' | b'f' => {
+                self.outstanding.copy_done();
+                self.sout.extend_from_slice(&msg);
+            }
             _ => self.sout.extend_from_slice(&msg),
         }
         self.outstanding.drain_synthetic(&mut self.cout);
@@ -311,7 +327,7 @@ impl Session {
         let insp = self.shared.inspector.inspect(&sql, self.standard_conforming_strings);
         // Inside an extended unit the tenant is already set, but setting it
         // again is harmless and keeps this simple.
-        let starts_transaction = self.predicted == Some(IDLE);
+        let starts_transaction = self.predicted == Some(IDLE) || std::mem::take(&mut self.reinject);
         let single_no_block = insp.statements.len() == 1 && insp.statements[0].no_tx_block;
         let inject = starts_transaction && !insp.lex_error && !insp.statements.is_empty() && !single_no_block;
         let tx_control = insp.statements.iter().any(|s| s.tx != TxControl::None);
@@ -367,6 +383,11 @@ impl Session {
                 self.server_status = body.first().copied().unwrap_or(IDLE);
                 if self.outstanding.units() == 0 {
                     self.predicted = Some(self.server_status);
+                    // Only an open (chained) transaction still needs the tenant
+                    // again; in I the next unit injects anyway, in E it must not.
+                    if self.server_status != b'T' {
+                        self.reinject = false;
+                    }
                 }
             }
             match action {

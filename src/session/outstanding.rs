@@ -130,6 +130,8 @@ pub struct Outstanding {
     skipping: bool,
     /// Statement ids whose Parse failed or was skipped.
     unprepared: Vec<(u64, bool)>,
+    /// The server is in COPY FROM STDIN mode, where it ignores Sync.
+    copy_in: bool,
     /// The DataRow body kept by a capturing internal query.
     captured: Option<Vec<u8>>,
     /// An internal query failed: the server's settings are unknown.
@@ -146,6 +148,10 @@ impl Outstanding {
             }
             return;
         }
+        if self.copy_in && matches!(p, Pending::Sync) {
+            // PostgreSQL ignores Sync during COPY FROM STDIN: no reply is owed.
+            return;
+        }
         match p {
             Pending::Sync | Pending::Query(_) | Pending::Internal { .. } | Pending::Reply(_) => {
                 self.units += 1;
@@ -154,6 +160,11 @@ impl Outstanding {
             Pending::Step(..) => {}
         }
         self.queue.push_back(p);
+    }
+
+    /// The client ended a COPY FROM STDIN (CopyDone or CopyFail).
+    pub fn copy_done(&mut self) {
+        self.copy_in = false;
     }
 
     /// Whether the server is ignoring messages until the next Sync.
@@ -173,6 +184,9 @@ impl Outstanding {
 
     /// Decides the fate of one server message (`tag`, `body`).
     pub fn on_message(&mut self, tag: u8, body: &[u8]) -> Action {
+        if tag == b'G' {
+            self.enter_copy_in();
+        }
         match tag {
             // Asynchronous messages may arrive at any time.
             b'S' | b'A' => return Action::Forward,
@@ -253,6 +267,22 @@ impl Outstanding {
     /// Statement ids the server did not prepare after all, since the last call.
     pub fn take_unprepared(&mut self) -> Vec<(u64, bool)> {
         std::mem::take(&mut self.unprepared)
+    }
+
+    /// CopyInResponse: Syncs the client sent after the COPY's Execute (libpq
+    /// and tokio-postgres send one) are ignored by the server, and so is any
+    /// Sync until the client ends the copy.
+    fn enter_copy_in(&mut self) {
+        self.copy_in = true;
+        let mut i = 1;
+        while i < self.queue.len() {
+            if matches!(self.queue[i], Pending::Sync) {
+                self.queue.remove(i);
+                self.units -= 1;
+            } else {
+                i += 1;
+            }
+        }
     }
 
     fn front_is_hidden(&self) -> bool {

@@ -24,6 +24,8 @@ pub struct Statement {
     pub types: Bytes,
     /// Whether the text contains transaction control.
     pub tx: bool,
+    /// Whether it ends a transaction (COMMIT, ROLLBACK, ... AND CHAIN).
+    pub tx_end: bool,
     /// Whether executing it changes session state (re-inspected at each Bind).
     pub session: bool,
     /// Whether it cannot run inside a transaction block (VACUUM, ...): the
@@ -60,7 +62,15 @@ pub fn tenant_statement(setting: &str) -> Statement {
     let text = format!("SELECT pg_catalog.set_config('{setting}', $1, true)");
     // One parameter, of type text (OID 25).
     let types = Bytes::from_static(&[0, 1, 0, 0, 0, 25]);
-    Statement { id: TENANT_STATEMENT_ID, text: Bytes::from(text), types, tx: false, session: false, no_block: false }
+    Statement {
+        id: TENANT_STATEMENT_ID,
+        text: Bytes::from(text),
+        types,
+        tx: false,
+        tx_end: false,
+        session: false,
+        no_block: false,
+    }
 }
 
 /// Appends a Bind of statement `name` to the unnamed portal with text parameters.

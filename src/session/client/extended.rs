@@ -204,7 +204,7 @@ impl Session {
 
     pub(super) fn on_bind(&mut self, msg: &Bytes) -> Result<(), Fatal> {
         let bad = || Fatal::new("08P01", "invalid Bind message");
-        let (_portal, rest) = frame::cstr(&msg[frame::HEADER_LEN..]).ok_or_else(bad)?;
+        let (portal, rest) = frame::cstr(&msg[frame::HEADER_LEN..]).ok_or_else(bad)?;
         let (name, _) = frame::cstr(rest).ok_or_else(bad)?;
         let Some(stmt) = self.client_statement(name) else {
             self.unknown_statement(name);
@@ -226,6 +226,23 @@ impl Session {
             prepared::rename_bind(msg, &stmt.server_name(), &mut self.sout).ok_or_else(bad)?;
         }
         self.outstanding.push(Pending::Step(Step::Bind, Owner::Client));
+        let portal = Bytes::copy_from_slice(portal);
+        self.ending_portals.retain(|p| *p != portal);
+        if stmt.tx_end {
+            self.ending_portals.push(portal);
+        }
+        Ok(())
+    }
+
+    /// Execute; after one that ends a transaction, the steps that follow in
+    /// the same unit run in a new transaction, which needs the tenant again.
+    pub(super) fn on_execute(&mut self, msg: &Bytes) -> Result<(), Fatal> {
+        let (portal, _) =
+            frame::cstr(&msg[frame::HEADER_LEN..]).ok_or_else(|| Fatal::new("08P01", "invalid Execute message"))?;
+        self.forward_step(Step::Execute, msg, First::Plain);
+        if self.ending_portals.iter().any(|p| p.as_ref() == portal) {
+            self.reinject = true;
+        }
         Ok(())
     }
 
@@ -283,13 +300,24 @@ impl Session {
     /// block gets nothing (it runs without a tenant: fail closed).
     pub(super) fn begin_step(&mut self, first: First) {
         if self.unit_open {
+            if std::mem::take(&mut self.reinject) && first != First::NoBlock {
+                self.inject_tenant(first);
+            }
             return;
         }
         self.unit_open = true;
         self.unit_tx = false;
-        if self.predicted != Some(IDLE) || first == First::NoBlock {
-            return;
+        self.ending_portals.clear();
+        // After COMMIT AND CHAIN the status is T, yet the chained transaction
+        // is new: `reinject` survives the Sync only in that case.
+        let chained = std::mem::take(&mut self.reinject);
+        if (self.predicted == Some(IDLE) || chained) && first != First::NoBlock {
+            self.inject_tenant(first);
         }
+    }
+
+    /// The hidden steps that set the tenant for the current transaction.
+    fn inject_tenant(&mut self, first: First) {
         if first == First::TxControl {
             build::parse_unnamed(&mut self.sout, &self.tenant_stmt);
             build::bind_unnamed(&mut self.sout);
@@ -343,5 +371,6 @@ fn statement(insp: &Inspection, text: Bytes, types: Bytes) -> Statement {
     let session = insp.statements.iter().any(|s| s.session.is_some())
         || text.windows(10).any(|w| w.eq_ignore_ascii_case(b"set_config"));
     let no_block = matches!(insp.statements.as_slice(), [only] if only.no_tx_block);
-    Statement { id: 0, text, types, tx, session, no_block }
+    let tx_end = insp.statements.iter().any(|s| matches!(s.tx, TxControl::End | TxControl::EndAndChain));
+    Statement { id: 0, text, types, tx, tx_end, session, no_block }
 }

@@ -63,11 +63,23 @@ impl Session {
                 SessionEffect::Set { name, .. } | SessionEffect::Reset { name } => {
                     if params::valid_name(name) && !params::NOT_FOLLOWED.contains(&name.as_str()) {
                         self.changed.insert(name.clone());
+                        // RESET returns to the startup packet's value, as on PostgreSQL.
+                        match effect {
+                            SessionEffect::Reset { .. } if self.startup.contains_key(name) => {
+                                self.reset_to_startup.insert(name.clone());
+                            }
+                            _ => {
+                                self.reset_to_startup.remove(name);
+                            }
+                        }
                     } else {
                         self.dirty = true;
                     }
                 }
-                SessionEffect::ResetAll | SessionEffect::Discard(DiscardKind::All) => self.reset_all = true,
+                SessionEffect::ResetAll | SessionEffect::Discard(DiscardKind::All) => {
+                    self.reset_all = true;
+                    self.reset_to_startup.extend(self.startup.keys().cloned());
+                }
                 SessionEffect::Unlisten
                 | SessionEffect::Deallocate { .. }
                 | SessionEffect::Discard(DiscardKind::Plans) => {}
@@ -87,6 +99,7 @@ impl Session {
             return false;
         }
         let mut names = std::mem::take(&mut self.changed);
+        names.extend(self.reset_to_startup.iter().cloned());
         if std::mem::take(&mut self.reset_all) {
             names.extend(self.desired.keys().cloned());
             if let Some(server) = &self.server {
@@ -110,14 +123,22 @@ impl Session {
             self.dirty = true;
             return;
         };
+        let Some(server) = self.server.as_mut() else { return };
+        let actual = &mut server.conn.settings;
         for (name, value) in names.into_iter().zip(values) {
             match value {
-                Some(v) => self.desired.insert(name, v),
-                None => self.desired.remove(&name),
+                Some(v) => actual.insert(name, v),
+                None => actual.remove(&name),
             };
         }
-        if let Some(server) = self.server.as_mut() {
-            server.conn.settings = self.desired.clone();
+        // What the client expects: what the server has, except that a RESET
+        // went back to the startup value (this server's reset value is the
+        // default; the next checkout applies the difference).
+        self.desired = actual.clone();
+        for name in std::mem::take(&mut self.reset_to_startup) {
+            if let Some(v) = self.startup.get(&name) {
+                self.desired.insert(name, v.clone());
+            }
         }
     }
 }
