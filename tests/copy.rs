@@ -3,13 +3,7 @@
 
 mod support;
 
-use support::{summarize, PgCluster, Proxy, ProxyOptions, RawClient, TENANT_A, TENANT_B};
-
-async fn login(proxy: &Proxy, tenant: &str) -> RawClient {
-    let mut c = RawClient::connect(proxy.port()).await;
-    c.login("anyname", "app", &proxy.token(tenant)).await.expect("login");
-    c
-}
+use support::{summarize, PgCluster, Proxy, ProxyOptions, TENANT_A, TENANT_B};
 
 /// Peak resident memory of a process, in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -24,7 +18,7 @@ async fn case19_copy_out_sees_only_the_tenants_rows() {
     pg.seed_tool_calls(TENANT_A, 3).await;
     pg.seed_tool_calls(TENANT_B, 2).await;
     let proxy = Proxy::start(&pg, ProxyOptions::default()).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     let msgs = a.simple("COPY (SELECT tenant_id FROM tool_calls ORDER BY id) TO STDOUT").await;
     let got = summarize(&msgs);
     assert_eq!(got.first().map(String::as_str), Some("H"));
@@ -40,7 +34,7 @@ async fn case19_copy_in_behaves_as_directly() {
     let su = pg.superuser().await;
     su.batch_execute("CREATE TABLE sink (t text); GRANT INSERT, SELECT ON sink TO app_user").await.unwrap();
     let proxy = Proxy::start(&pg, ProxyOptions::default()).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     // PostgreSQL itself refuses COPY FROM into a table with RLS; the client sees exactly that.
     let msgs = a.simple("COPY tool_calls (tenant_id, tool_name) FROM STDIN").await;
     assert_eq!(summarize(&msgs), ["E:0A000", "Z:I"]);
@@ -69,7 +63,7 @@ async fn case19_copy_in_behaves_as_directly() {
 async fn large_results_and_copy_streams_do_not_grow_proxy_memory() {
     let pg = PgCluster::start().await;
     let proxy = Proxy::start(&pg, ProxyOptions::default()).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     assert_eq!(summarize(&a.simple("SELECT 1").await).len(), 4);
     let before = peak_rss_kib(proxy.pid());
     // 200 MB of rows, read as fast as the test can.

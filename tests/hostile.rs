@@ -7,16 +7,10 @@ use tokio::io::AsyncWriteExt;
 
 use support::{summarize, PgCluster, Proxy, ProxyOptions, RawClient, TENANT_A, TENANT_B};
 
-async fn login(proxy: &Proxy, tenant: &str) -> RawClient {
-    let mut c = RawClient::connect(proxy.port()).await;
-    c.login("anyname", "app", &proxy.token(tenant)).await.expect("login");
-    c
-}
-
 async fn still_serves(proxy: &Proxy, bystander: &mut RawClient) {
     let q = "SELECT current_setting('app.current_tenant_id')";
     assert_eq!(summarize(&bystander.simple(q).await), ["T", &format!("D:{TENANT_B}"), "C:SELECT 1", "Z:I"]);
-    let mut fresh = login(proxy, TENANT_A).await;
+    let mut fresh = proxy.raw_login(TENANT_A).await;
     assert_eq!(summarize(&fresh.simple("SELECT 1").await), ["T", "D:1", "C:SELECT 1", "Z:I"]);
 }
 
@@ -30,7 +24,7 @@ fn fatal_code(msgs: &[support::Message]) -> String {
 async fn bad_startup_packets_are_refused() {
     let pg = PgCluster::start().await;
     let proxy = Proxy::start(&pg, ProxyOptions::default()).await;
-    let mut bystander = login(&proxy, TENANT_B).await;
+    let mut bystander = proxy.raw_login(TENANT_B).await;
     let cases: [&[u8]; 4] = [
         b"\x00\x00\x00\x03",                                     // shorter than its own header
         b"\x7f\xff\xff\xff\x00\x03\x00\x00",                     // claims 2 GB
@@ -50,7 +44,7 @@ async fn bad_startup_packets_are_refused() {
 async fn oversized_and_unknown_messages_end_only_that_session() {
     let pg = PgCluster::start().await;
     let proxy = Proxy::start(&pg, ProxyOptions::default()).await;
-    let mut bystander = login(&proxy, TENANT_B).await;
+    let mut bystander = proxy.raw_login(TENANT_B).await;
     let cases: [&[u8]; 4] = [
         b"Q\x7f\xff\xff\xff",                   // 2 GB Query: refused before any allocation
         b"Q\x00\x00\x00\x02",                   // length smaller than the length field
@@ -58,7 +52,7 @@ async fn oversized_and_unknown_messages_end_only_that_session() {
         b"P\x00\x00\x00\x0as\x00q\x00\xff\xff", // Parse with a negative parameter count
     ];
     for bytes in cases {
-        let mut c = login(&proxy, TENANT_A).await;
+        let mut c = proxy.raw_login(TENANT_A).await;
         c.raw_bytes(bytes).flush().await;
         assert_eq!(fatal_code(&c.expect_closed().await), "08P01", "{bytes:?}");
     }
@@ -69,15 +63,15 @@ async fn oversized_and_unknown_messages_end_only_that_session() {
 async fn truncated_frames_and_abrupt_disconnects_are_harmless() {
     let pg = PgCluster::start().await;
     let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(2)).await;
-    let mut bystander = login(&proxy, TENANT_B).await;
+    let mut bystander = proxy.raw_login(TENANT_B).await;
     for cut in [1usize, 3, 5, 9] {
-        let mut c = login(&proxy, TENANT_A).await;
+        let mut c = proxy.raw_login(TENANT_A).await;
         let full = b"Q\x00\x00\x00\x0dSELECT 1\x00";
         c.stream_mut().write_all(&full[..cut]).await.unwrap();
         drop(c);
     }
     // Invalid UTF-8 in a query is PostgreSQL's to reject; the session goes on.
-    let mut c = login(&proxy, TENANT_A).await;
+    let mut c = proxy.raw_login(TENANT_A).await;
     c.raw(b'Q', b"SELECT '\xff\xfe'\x00").flush().await;
     assert_eq!(summarize(&c.read_until_ready().await), ["E:22021", "Z:I"]);
     assert_eq!(summarize(&c.simple("SELECT 1").await), ["T", "D:1", "C:SELECT 1", "Z:I"]);
@@ -88,7 +82,7 @@ async fn truncated_frames_and_abrupt_disconnects_are_harmless() {
 async fn random_bytes_after_login_never_take_the_proxy_down() {
     let pg = PgCluster::start().await;
     let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(2)).await;
-    let mut bystander = login(&proxy, TENANT_B).await;
+    let mut bystander = proxy.raw_login(TENANT_B).await;
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move || {
         seed ^= seed << 13;
@@ -97,7 +91,7 @@ async fn random_bytes_after_login_never_take_the_proxy_down() {
         seed
     };
     for _ in 0..60 {
-        let mut c = login(&proxy, TENANT_A).await;
+        let mut c = proxy.raw_login(TENANT_A).await;
         let len = (next() % 200) as usize;
         let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
         // Keep message lengths small half of the time so frames complete.
@@ -114,8 +108,8 @@ async fn random_bytes_after_login_never_take_the_proxy_down() {
 async fn clients_beyond_max_client_conn_are_refused() {
     let pg = PgCluster::start().await;
     let proxy = Proxy::start(&pg, ProxyOptions::default().set("listen", "max_client_conn", "2")).await;
-    let mut a = login(&proxy, TENANT_A).await;
-    let mut b = login(&proxy, TENANT_B).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
+    let mut b = proxy.raw_login(TENANT_B).await;
     let mut third = RawClient::connect(proxy.port()).await;
     let msgs = third.expect_closed().await;
     assert_eq!(summarize(&msgs), ["E:53300"]);

@@ -3,15 +3,9 @@
 
 mod support;
 
-use support::{summarize, PgCluster, Proxy, ProxyOptions, RawClient, TENANT_A, TENANT_B};
+use support::{summarize, PgCluster, Proxy, ProxyOptions, TENANT_A, TENANT_B};
 
 const TENANT_QUERY: &str = "SELECT current_setting('app.current_tenant_id')";
-
-async fn login(proxy: &Proxy, tenant: &str) -> RawClient {
-    let mut c = RawClient::connect(proxy.port()).await;
-    c.login("anyname", "app", &proxy.token(tenant)).await.expect("login through the proxy");
-    c
-}
 
 async fn setup() -> (PgCluster, Proxy) {
     let pg = PgCluster::start().await;
@@ -26,7 +20,7 @@ fn tenant_row(tenant: &str) -> String {
 #[tokio::test]
 async fn case04_explicit_block_in_separate_messages_keeps_the_tenant() {
     let (_pg, proxy) = setup().await;
-    let mut c = login(&proxy, TENANT_A).await;
+    let mut c = proxy.raw_login(TENANT_A).await;
     assert_eq!(summarize(&c.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
     for _ in 0..3 {
         let got = summarize(&c.simple(TENANT_QUERY).await);
@@ -40,7 +34,7 @@ async fn case04_explicit_block_in_separate_messages_keeps_the_tenant() {
 #[tokio::test]
 async fn case05_begin_isolation_level_still_works() {
     let (_pg, proxy) = setup().await;
-    let mut c = login(&proxy, TENANT_A).await;
+    let mut c = proxy.raw_login(TENANT_A).await;
     assert_eq!(summarize(&c.simple("BEGIN ISOLATION LEVEL SERIALIZABLE").await), ["C:BEGIN", "Z:T"]);
     let q = "SELECT current_setting('transaction_isolation') || '/' || current_setting('app.current_tenant_id')";
     assert_eq!(summarize(&c.simple(q).await), ["T", &format!("D:serializable/{TENANT_A}"), "C:SELECT 1", "Z:T"]);
@@ -59,7 +53,7 @@ async fn case05_begin_isolation_level_still_works() {
 #[tokio::test]
 async fn case06_set_transaction_after_begin_works() {
     let (_pg, proxy) = setup().await;
-    let mut c = login(&proxy, TENANT_A).await;
+    let mut c = proxy.raw_login(TENANT_A).await;
     assert_eq!(summarize(&c.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
     assert_eq!(summarize(&c.simple("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").await), ["C:SET", "Z:T"]);
     let q = "SELECT current_setting('transaction_isolation') || '/' || current_setting('app.current_tenant_id')";
@@ -70,7 +64,7 @@ async fn case06_set_transaction_after_begin_works() {
 #[tokio::test]
 async fn case07_tenant_is_set_again_after_commit_inside_one_query() {
     let (pg, proxy) = setup().await;
-    let mut c = login(&proxy, TENANT_A).await;
+    let mut c = proxy.raw_login(TENANT_A).await;
     let sql = format!(
         "INSERT INTO tool_calls (tenant_id, tool_name) VALUES ('{TENANT_A}', 'x'); COMMIT; {TENANT_QUERY}; \
          BEGIN; {TENANT_QUERY}; ROLLBACK; {TENANT_QUERY}"
@@ -108,7 +102,7 @@ async fn case07_tenant_is_set_again_after_commit_inside_one_query() {
 #[tokio::test]
 async fn case08_error_positions_point_into_the_clients_text() {
     let (_pg, proxy) = setup().await;
-    let mut c = login(&proxy, TENANT_A).await;
+    let mut c = proxy.raw_login(TENANT_A).await;
     let msgs = c.simple("SELECT 1; SELEC 2").await;
     assert_eq!(summarize(&msgs), ["E:42601", "Z:I"]);
     assert_eq!(msgs[0].error_fields()[&'P'], "11");
@@ -129,7 +123,7 @@ async fn case09_statements_that_cannot_run_in_a_block_are_forwarded_alone() {
     let (pg, proxy) = setup().await;
     let su = pg.superuser().await;
     su.batch_execute("GRANT CREATE ON SCHEMA public TO app_user").await.unwrap();
-    let mut c = login(&proxy, TENANT_A).await;
+    let mut c = proxy.raw_login(TENANT_A).await;
     assert_eq!(summarize(&c.simple("CREATE TABLE scratch (x int)").await), ["C:CREATE TABLE", "Z:I"]);
     let vacuum = summarize(&c.simple("VACUUM scratch").await);
     assert_eq!(vacuum, ["C:VACUUM", "Z:I"]);
@@ -146,7 +140,7 @@ async fn case09_statements_that_cannot_run_in_a_block_are_forwarded_alone() {
 #[tokio::test]
 async fn case10_pipelined_extended_groups_all_see_the_tenant() {
     let (_pg, proxy) = setup().await;
-    let mut c = login(&proxy, TENANT_B).await;
+    let mut c = proxy.raw_login(TENANT_B).await;
     for _ in 0..3 {
         c.parse("", TENANT_QUERY, &[]).bind("", "", &[]).execute("", 0).sync();
     }
@@ -159,7 +153,7 @@ async fn case10_pipelined_extended_groups_all_see_the_tenant() {
 #[tokio::test]
 async fn case11_error_in_one_group_leaves_the_next_group_with_the_tenant() {
     let (_pg, proxy) = setup().await;
-    let mut c = login(&proxy, TENANT_A).await;
+    let mut c = proxy.raw_login(TENANT_A).await;
     c.parse("", "SELECT 1/(0 * random())::int", &[]).bind("", "", &[]).execute("", 0).sync();
     c.parse("", TENANT_QUERY, &[]).bind("", "", &[]).execute("", 0).sync();
     c.flush().await;
@@ -170,7 +164,7 @@ async fn case11_error_in_one_group_leaves_the_next_group_with_the_tenant() {
 #[tokio::test]
 async fn pipelined_block_across_sync_groups_keeps_one_transaction() {
     let (_pg, proxy) = setup().await;
-    let mut c = login(&proxy, TENANT_A).await;
+    let mut c = proxy.raw_login(TENANT_A).await;
     c.parse("", "BEGIN", &[]).bind("", "", &[]).execute("", 0).sync();
     c.parse("", "SELECT txid_current()::text", &[]).bind("", "", &[]).execute("", 0).sync();
     c.parse("", "SELECT txid_current()::text", &[]).bind("", "", &[]).execute("", 0).sync();
@@ -190,8 +184,8 @@ async fn pipelined_block_across_sync_groups_keeps_one_transaction() {
 async fn transactions_of_two_tenants_on_one_server_connection_stay_apart() {
     let pg = PgCluster::start().await;
     let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(1)).await;
-    let mut a = login(&proxy, TENANT_A).await;
-    let mut b = login(&proxy, TENANT_B).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
+    let mut b = proxy.raw_login(TENANT_B).await;
     let pid_query = "SELECT pg_backend_pid()::text || '/' || current_setting('app.current_tenant_id')";
     let mut pids = std::collections::HashSet::new();
     for _ in 0..5 {
@@ -216,7 +210,7 @@ async fn transactions_of_two_tenants_on_one_server_connection_stay_apart() {
 #[tokio::test]
 async fn injection_is_invisible_even_with_notices() {
     let (_pg, proxy) = setup().await;
-    let mut c = login(&proxy, TENANT_A).await;
+    let mut c = proxy.raw_login(TENANT_A).await;
     // The extended-protocol injection must not leak its replies or warnings.
     c.parse("", "SELECT 1", &[]).bind("", "", &[]).describe_portal("").execute("", 0).sync();
     c.flush().await;
@@ -229,7 +223,7 @@ async fn injection_is_invisible_even_with_notices() {
 async fn extended_injection_binds_the_tenant_and_spares_the_unnamed_statement() {
     let pg = PgCluster::start().await;
     let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(1)).await;
-    let mut c = login(&proxy, TENANT_A).await;
+    let mut c = proxy.raw_login(TENANT_A).await;
     // An unnamed statement prepared in one transaction and bound in the next
     // (same server connection: pool_size 1) is still the client's own.
     c.parse("", TENANT_QUERY, &[]).sync();

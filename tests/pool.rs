@@ -11,12 +11,6 @@ use support::{summarize, PgCluster, Proxy, ProxyOptions, RawClient, TENANT_A, TE
 
 const TENANT_QUERY: &str = "SELECT current_setting('app.current_tenant_id')";
 
-async fn login(proxy: &Proxy, tenant: &str) -> RawClient {
-    let mut c = RawClient::connect(proxy.port()).await;
-    c.login("anyname", "app", &proxy.token(tenant)).await.expect("login through the proxy");
-    c
-}
-
 async fn app_user_backends(pg: &PgCluster, user: &str) -> i64 {
     let su = pg.superuser().await;
     su.query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", &[&user]).await.unwrap().get(0)
@@ -28,7 +22,7 @@ async fn never_more_than_pool_size_server_connections() {
     let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(3)).await;
     let mut clients = Vec::new();
     for i in 0..12 {
-        clients.push(login(&proxy, if i % 2 == 0 { TENANT_A } else { TENANT_B }).await);
+        clients.push(proxy.raw_login(if i % 2 == 0 { TENANT_A } else { TENANT_B }).await);
     }
     for c in clients.iter_mut() {
         c.query("SELECT pg_sleep(0.05)").flush().await;
@@ -45,9 +39,9 @@ async fn waiting_longer_than_pool_timeout_is_a_clear_error() {
     let pg = PgCluster::start().await;
     let options = ProxyOptions::default().pool_size(1).set("upstream", "pool_timeout_seconds", "1");
     let proxy = Proxy::start(&pg, options).await;
-    let mut holder = login(&proxy, TENANT_A).await;
+    let mut holder = proxy.raw_login(TENANT_A).await;
     assert_eq!(summarize(&holder.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
-    let mut waiter = login(&proxy, TENANT_B).await;
+    let mut waiter = proxy.raw_login(TENANT_B).await;
     waiter.query("SELECT 1").flush().await;
     let msgs = waiter.expect_closed().await;
     assert_eq!(summarize(&msgs), ["E:53300"]);
@@ -68,7 +62,7 @@ async fn upstream_md5_and_trust_logins_work() {
         format!("\"{}\"", pg.md5_password()),
     );
     let proxy = Proxy::start(&pg, md5).await;
-    let mut c = login(&proxy, TENANT_A).await;
+    let mut c = proxy.raw_login(TENANT_A).await;
     assert_eq!(summarize(&c.simple("SELECT current_user").await), ["T", "D:md5_user", "C:SELECT 1", "Z:I"]);
     // postgres has trust on 127.0.0.1 in the test cluster: no password at all.
     let trust = ProxyOptions::default().upstream_user("postgres").unset("upstream", "password").set(
@@ -77,7 +71,7 @@ async fn upstream_md5_and_trust_logins_work() {
         "true",
     );
     let proxy = Proxy::start(&pg, trust).await;
-    let mut c = login(&proxy, TENANT_A).await;
+    let mut c = proxy.raw_login(TENANT_A).await;
     assert_eq!(summarize(&c.simple("SELECT current_user").await), ["T", "D:postgres", "C:SELECT 1", "Z:I"]);
 }
 
@@ -98,14 +92,14 @@ async fn case21_disconnect_mid_transaction_leaves_nothing_open() {
     let pg = PgCluster::start().await;
     let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(1)).await;
     let ids = pg.seed_tool_calls(TENANT_A, 1).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     assert_eq!(summarize(&a.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
     let lock = format!("UPDATE tool_calls SET tool_name = 'locked' WHERE id = {}", ids[0]);
     assert_eq!(summarize(&a.simple(&lock).await), ["C:UPDATE 1", "Z:T"]);
     drop(a);
     // The only server connection must come back without the open transaction:
     // the row lock is gone and the update was rolled back.
-    let mut b = login(&proxy, TENANT_A).await;
+    let mut b = proxy.raw_login(TENANT_A).await;
     let update = format!("UPDATE tool_calls SET tool_name = 'next' WHERE id = {}", ids[0]);
     assert_eq!(summarize(&b.simple("SET lock_timeout = '5s'").await), ["C:SET", "Z:I"]);
     assert_eq!(summarize(&b.simple(&update).await), ["C:UPDATE 1", "Z:I"]);
@@ -122,7 +116,7 @@ async fn case21_disconnect_mid_transaction_leaves_nothing_open() {
 async fn disconnect_during_a_running_query_cancels_it() {
     let pg = PgCluster::start().await;
     let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(2)).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     a.query("SELECT pg_sleep(60)").flush().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(a);
@@ -150,8 +144,8 @@ async fn disconnect_during_a_running_query_cancels_it() {
 async fn case22_pool_recovers_after_an_upstream_restart() {
     let pg = PgCluster::start().await;
     let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(2)).await;
-    let mut a = login(&proxy, TENANT_A).await;
-    let mut b = login(&proxy, TENANT_B).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
+    let mut b = proxy.raw_login(TENANT_B).await;
     assert_eq!(summarize(&a.simple(TENANT_QUERY).await)[1], format!("D:{TENANT_A}"));
     assert_eq!(summarize(&b.simple(TENANT_QUERY).await)[1], format!("D:{TENANT_B}"));
     pg.restart();
@@ -221,7 +215,7 @@ async fn case17_named_statement_runs_across_pooled_connections() {
     }
     assert!(backends.len() > 1, "expected executions on several server connections");
     // B cannot use A's statement name (tokio-postgres names them s0, s1, ...).
-    let mut b = login(&proxy, TENANT_B).await;
+    let mut b = proxy.raw_login(TENANT_B).await;
     b.bind("", "s0", &[Some(b"x")]).execute("", 0).sync();
     b.flush().await;
     assert_eq!(summarize(&b.read_until_ready().await), ["E:26000", "Z:I"]);
@@ -247,7 +241,7 @@ async fn discard_all_does_not_break_prepared_statements() {
 async fn a_server_connection_killed_mid_transaction_is_replaced() {
     let pg = PgCluster::start().await;
     let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(1)).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     assert_eq!(summarize(&a.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
     let msgs = a.simple("SELECT pg_backend_pid()::text").await;
     let pid: i32 = msgs[1].data_row()[0].clone().unwrap().parse().unwrap();
@@ -258,7 +252,7 @@ async fn a_server_connection_killed_mid_transaction_is_replaced() {
     let codes: Vec<String> = closed.iter().filter(|m| m.tag == b'E').map(|m| m.sqlstate()).collect();
     assert!(codes.contains(&"08006".to_string()) || codes.contains(&"57P01".to_string()), "{codes:?}");
     // ...and the only pool slot is usable again with a fresh server connection.
-    let mut b = login(&proxy, TENANT_B).await;
+    let mut b = proxy.raw_login(TENANT_B).await;
     let msgs = b.simple("SELECT pg_backend_pid()::text").await;
     let new_pid: i32 = msgs[1].data_row()[0].clone().unwrap().parse().unwrap();
     assert_ne!(new_pid, pid);
@@ -291,10 +285,10 @@ async fn named_parse_outside_a_transaction_needs_no_server() {
     let pg = PgCluster::start().await;
     let options = ProxyOptions::default().pool_size(1).set("upstream", "pool_timeout_seconds", "1");
     let proxy = Proxy::start(&pg, options).await;
-    let mut holder = login(&proxy, TENANT_B).await;
+    let mut holder = proxy.raw_login(TENANT_B).await;
     assert_eq!(summarize(&holder.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
     // The only server connection is busy, yet a synchronous prepare completes.
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     a.parse("q", TENANT_QUERY, &[]).sync();
     a.parse("bad", "SELEC 1", &[]).sync();
     a.flush().await;
@@ -328,7 +322,7 @@ async fn upstream_cleartext_password_login_works() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let options = ProxyOptions::default().upstream_user("plain_user").set("upstream", "password", "\"plain-secret\"");
     let proxy = Proxy::start(&pg, options).await;
-    let mut c = login(&proxy, TENANT_A).await;
+    let mut c = proxy.raw_login(TENANT_A).await;
     assert_eq!(summarize(&c.simple("SELECT current_user").await), ["T", "D:plain_user", "C:SELECT 1", "Z:I"]);
     let method: String = su
         .query_one("SELECT auth_method FROM pg_hba_file_rules WHERE 'plain_user' = ANY(user_name)", &[])
@@ -342,7 +336,7 @@ async fn upstream_cleartext_password_login_works() {
 async fn sql_deallocate_of_a_protocol_statement_is_honoured() {
     let pg = PgCluster::start().await;
     let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(2)).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     a.parse("_pg3_0", TENANT_QUERY, &[]).sync();
     a.flush().await;
     assert_eq!(summarize(&a.read_until_ready().await), ["1", "Z:I"]);

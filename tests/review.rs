@@ -9,12 +9,6 @@ use support::{summarize, Message, PgCluster, Proxy, ProxyOptions, RawClient, TEN
 
 const TENANT_QUERY: &str = "SELECT current_setting('app.current_tenant_id')";
 
-async fn login(proxy: &Proxy, tenant: &str) -> RawClient {
-    let mut c = RawClient::connect(proxy.port()).await;
-    c.login("anyname", "app", &proxy.token(tenant)).await.expect("login through the proxy");
-    c
-}
-
 async fn setup(pool_size: usize) -> (PgCluster, Proxy) {
     let pg = PgCluster::start().await;
     let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(pool_size)).await;
@@ -57,7 +51,7 @@ async fn extended_warmup(c: &mut RawClient) {
 async fn r01_bind_of_the_proxys_tenant_statement_cannot_switch_tenant() {
     let (pg, proxy) = setup(1).await;
     pg.seed_tool_calls(TENANT_B, 2).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     extended_warmup(&mut a).await;
     let probe = "SELECT current_setting('app.current_tenant_id') || '/' || (SELECT count(*) FROM tool_calls)";
     a.bind("", "pgtenant_tenant", &[Some(TENANT_B.as_bytes())]).execute("", 0);
@@ -73,7 +67,7 @@ async fn r01_bind_of_the_proxys_tenant_statement_cannot_switch_tenant() {
 async fn r02_sql_execute_of_the_proxys_tenant_statement_cannot_switch_tenant() {
     let (pg, proxy) = setup(1).await;
     pg.seed_tool_calls(TENANT_B, 2).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     extended_warmup(&mut a).await;
     let sql = format!("EXECUTE pgtenant_tenant('{TENANT_B}'); SELECT count(*)::text FROM tool_calls");
     let got = summarize(&a.simple(&sql).await);
@@ -90,7 +84,7 @@ async fn r02_sql_execute_of_the_proxys_tenant_statement_cannot_switch_tenant() {
 async fn r03_unnamed_set_local_left_by_the_injection_gives_the_next_client_tenant_a() {
     let (pg, proxy) = setup(1).await;
     pg.seed_tool_calls(TENANT_A, 3).await;
-    let mut victim = login(&proxy, TENANT_A).await;
+    let mut victim = proxy.raw_login(TENANT_A).await;
     // A driver with a statement cache: BEGIN and COMMIT are named statements too.
     victim.parse("begin", "BEGIN", &[]).parse("commit", "COMMIT", &[]).sync();
     victim.flush().await;
@@ -102,7 +96,7 @@ async fn r03_unnamed_set_local_left_by_the_injection_gives_the_next_client_tenan
     victim.flush().await;
     assert_eq!(summarize(&victim.read_until_ready().await), ["2", "C:COMMIT", "Z:I"]);
 
-    let mut attacker = login(&proxy, TENANT_B).await;
+    let mut attacker = proxy.raw_login(TENANT_B).await;
     let probe = "SELECT current_setting('app.current_tenant_id') || '/' || (SELECT count(*) FROM tool_calls)";
     attacker.bind("", "", &[]).execute("", 0);
     attacker.parse("", probe, &[]).bind("", "", &[]).execute("", 0).sync();
@@ -118,11 +112,11 @@ async fn r03_unnamed_set_local_left_by_the_injection_gives_the_next_client_tenan
 #[tokio::test]
 async fn r04_unnamed_statement_of_one_client_is_not_usable_by_another() {
     let (_pg, proxy) = setup(1).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     a.parse("", "SELECT 'query text of tenant A'", &[]).sync();
     a.flush().await;
     assert_eq!(summarize(&a.read_until_ready().await), ["1", "Z:I"]);
-    let mut b = login(&proxy, TENANT_B).await;
+    let mut b = proxy.raw_login(TENANT_B).await;
     b.bind("", "", &[]).execute("", 0).sync();
     b.flush().await;
     let got = summarize(&b.read_until_ready().await);
@@ -136,14 +130,14 @@ async fn r04_unnamed_statement_of_one_client_is_not_usable_by_another() {
 #[tokio::test]
 async fn r05_session_set_config_in_a_named_statement_does_not_reach_the_next_client() {
     let (_pg, proxy) = setup(1).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     a.parse("s", "SELECT set_config('search_path', 'evil', false)", &[]).sync();
     a.flush().await;
     assert_eq!(summarize(&a.read_until_ready().await), ["1", "Z:I"]);
     a.bind("", "s", &[]).execute("", 0).sync();
     a.flush().await;
     assert_eq!(summarize(&a.read_until_ready().await), ["2", "D:evil", "C:SELECT 1", "Z:I"]);
-    let mut b = login(&proxy, TENANT_B).await;
+    let mut b = proxy.raw_login(TENANT_B).await;
     let got = summarize(&b.simple("SHOW search_path").await);
     assert_eq!(got, ["T", "D:\"$user\", public", "C:SHOW", "Z:I"]);
 }
@@ -153,7 +147,7 @@ async fn r05_session_set_config_in_a_named_statement_does_not_reach_the_next_cli
 #[tokio::test]
 async fn r06_session_set_config_executed_again_later_does_not_reach_the_next_client() {
     let (_pg, proxy) = setup(1).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     assert_eq!(summarize(&a.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
     a.parse("s", "SELECT set_config('statement_timeout', '4321', false)", &[]).sync();
     a.flush().await;
@@ -162,7 +156,7 @@ async fn r06_session_set_config_executed_again_later_does_not_reach_the_next_cli
     a.bind("", "s", &[]).execute("", 0).sync();
     a.flush().await;
     assert_eq!(summarize(&a.read_until_ready().await), ["2", "D:4321ms", "C:SELECT 1", "Z:I"]);
-    let mut b = login(&proxy, TENANT_B).await;
+    let mut b = proxy.raw_login(TENANT_B).await;
     assert_eq!(summarize(&b.simple("SHOW statement_timeout").await), ["T", "D:0", "C:SHOW", "Z:I"]);
 }
 
@@ -175,13 +169,13 @@ async fn r07_prepared_statement_text_is_not_visible_to_another_tenant() {
     let (pg, proxy) = setup(1).await;
     let su = pg.superuser().await;
     su.batch_execute("REVOKE EXECUTE ON FUNCTION pg_catalog.pg_prepared_statement() FROM PUBLIC").await.unwrap();
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     a.parse("s", "SELECT 'private literal of tenant A' || $1::text", &[]).sync();
     a.bind("", "s", &[Some(b"x")]).execute("", 0).sync();
     a.flush().await;
     a.read_until_ready().await;
     a.read_until_ready().await;
-    let mut b = login(&proxy, TENANT_B).await;
+    let mut b = proxy.raw_login(TENANT_B).await;
     let got = summarize(&b.simple("SELECT statement FROM pg_prepared_statements").await);
     assert!(!got.iter().any(|m| m.contains("tenant A")), "B reads A's statement text: {got:?}");
     assert_eq!(got, ["E:42501", "Z:I"]);
@@ -194,10 +188,10 @@ async fn r07_prepared_statement_text_is_not_visible_to_another_tenant() {
 #[tokio::test]
 async fn r08_deallocate_of_the_tenant_statement_does_not_break_other_clients() {
     let (_pg, proxy) = setup(1).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     extended_warmup(&mut a).await;
     let _ = a.simple("DEALLOCATE pgtenant_tenant").await;
-    let mut b = login(&proxy, TENANT_B).await;
+    let mut b = proxy.raw_login(TENANT_B).await;
     b.parse("", TENANT_QUERY, &[]).bind("", "", &[]).execute("", 0).sync();
     b.flush().await;
     let got = summarize(&b.read_until_ready().await);
@@ -210,7 +204,7 @@ async fn r08_deallocate_of_the_tenant_statement_does_not_break_other_clients() {
 #[tokio::test]
 async fn r09_steps_after_a_query_inside_an_extended_unit_keep_the_tenant() {
     let (_pg, proxy) = setup(2).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     a.parse("", "SELECT 1", &[]).bind("", "", &[]).execute("", 0);
     a.query("SELECT 2");
     a.parse("", TENANT_QUERY, &[]).bind("", "", &[]).execute("", 0).sync();
@@ -232,7 +226,7 @@ async fn r09_steps_after_a_query_inside_an_extended_unit_keep_the_tenant() {
 #[tokio::test]
 async fn r10_query_skipped_after_an_error_does_not_desync_the_reply_queue() {
     let (_pg, proxy) = setup(2).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     a.parse("", "SELECT 1/0", &[]).bind("", "", &[]).execute("", 0);
     a.query("SELECT 1");
     a.sync();
@@ -252,7 +246,7 @@ async fn r11_sync_during_extended_copy_in_does_not_desync() {
     let (pg, proxy) = setup(2).await;
     let su = pg.superuser().await;
     su.batch_execute("CREATE TABLE sink (t text); GRANT INSERT, SELECT ON sink TO app_user").await.unwrap();
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     a.parse("", "COPY sink FROM STDIN", &[]).bind("", "", &[]).execute("", 0).sync();
     a.flush().await;
     let mut head = Vec::new();
@@ -275,7 +269,7 @@ async fn r12_copy_in_after_transaction_control_in_one_query_does_not_hang() {
     let (pg, proxy) = setup(2).await;
     let su = pg.superuser().await;
     su.batch_execute("CREATE TABLE sink (t text); GRANT INSERT, SELECT ON sink TO app_user").await.unwrap();
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     a.query("BEGIN; COPY sink FROM STDIN").flush().await;
     let mut head = Vec::new();
     for _ in 0..2 {
@@ -294,13 +288,13 @@ async fn r12_copy_in_after_transaction_control_in_one_query_does_not_hang() {
 #[tokio::test]
 async fn r13_half_written_message_is_not_pooled() {
     let (_pg, proxy) = setup(1).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     a.query("SELECT pg_sleep(0.5)");
     a.raw(b'd', &vec![b'x'; 48 << 20]);
     a.flush().await;
     assert_eq!(summarize(&a.read_until_ready().await), ["T", "D:", "C:SELECT 1", "Z:I"]);
     drop(a);
-    let mut b = login(&proxy, TENANT_B).await;
+    let mut b = proxy.raw_login(TENANT_B).await;
     b.query(TENANT_QUERY).flush().await;
     let got = read_ready_within(&mut b, 5).await.map(|m| summarize(&m));
     assert_eq!(got, Ok(vec!["T".to_string(), format!("D:{TENANT_B}"), "C:SELECT 1".to_string(), "Z:I".to_string()]));
@@ -312,7 +306,7 @@ async fn r13_half_written_message_is_not_pooled() {
 #[tokio::test]
 async fn r14_failed_named_parse_does_not_keep_the_name() {
     let (_pg, proxy) = setup(2).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     assert_eq!(summarize(&a.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
     a.parse("s", "SELEC 1", &[]).sync();
     a.flush().await;
@@ -329,7 +323,7 @@ async fn r14_failed_named_parse_does_not_keep_the_name() {
 #[tokio::test]
 async fn r15_prepare_skipped_after_an_error_is_prepared_again() {
     let (_pg, proxy) = setup(1).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     a.parse("x", "SELECT 42", &[]).sync();
     a.flush().await;
     assert_eq!(summarize(&a.read_until_ready().await), ["1", "Z:I"]);
@@ -354,7 +348,7 @@ async fn r15_prepare_skipped_after_an_error_is_prepared_again() {
 #[tokio::test]
 async fn r16_unnamed_begin_bound_in_a_later_unit_still_begins() {
     let (_pg, proxy) = setup(1).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     a.parse("", "BEGIN", &[]).sync();
     a.flush().await;
     assert_eq!(summarize(&a.read_until_ready().await), ["1", "Z:I"]);
@@ -368,7 +362,7 @@ async fn r16_unnamed_begin_bound_in_a_later_unit_still_begins() {
 #[tokio::test]
 async fn r17_refused_named_parse_keeps_the_unnamed_statement() {
     let (_pg, proxy) = setup(1).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     // A failed Parse of a *named* statement does not touch the unnamed one.
     a.parse("", "SELECT 7", &[]).sync();
     a.parse("n", "SET app.current_tenant_id = 'x'", &[]).sync();
@@ -385,7 +379,7 @@ async fn r17_refused_named_parse_keeps_the_unnamed_statement() {
 #[tokio::test]
 async fn r18_local_deallocate_in_an_aborted_block_is_not_answered_as_success() {
     let (_pg, proxy) = setup(2).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     a.parse("s", "SELECT 1", &[]).sync();
     a.flush().await;
     assert_eq!(summarize(&a.read_until_ready().await), ["1", "Z:I"]);
@@ -430,7 +424,7 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::test]
 async fn r20_replies_the_proxy_answers_itself_are_bounded() {
     let (_pg, proxy) = setup(1).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     let before = rss_kib(proxy.pid());
     // The proxy stops reading from a client that does not read its replies,
     // so these writes block once the socket buffers are full: bound the wait.
@@ -465,7 +459,7 @@ async fn r21_vacuum_through_the_extended_protocol_behaves_as_directly() {
 #[tokio::test]
 async fn r22_extended_commit_and_chain_keeps_the_tenant() {
     let (_pg, proxy) = setup(2).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     assert_eq!(summarize(&a.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
     a.parse("", "COMMIT AND CHAIN", &[]).bind("", "", &[]).execute("", 0).sync();
     a.flush().await;
@@ -482,7 +476,7 @@ async fn r22_extended_commit_and_chain_keeps_the_tenant() {
 #[tokio::test]
 async fn r23_statements_after_commit_in_one_extended_unit_keep_the_tenant() {
     let (_pg, proxy) = setup(2).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     for sql in ["BEGIN", "SELECT 1", "COMMIT", TENANT_QUERY] {
         a.parse("", sql, &[]).bind("", "", &[]).execute("", 0);
     }
@@ -502,14 +496,14 @@ async fn r23_statements_after_commit_in_one_extended_unit_keep_the_tenant() {
 #[tokio::test]
 async fn r24_failed_settings_sync_does_not_expose_the_previous_clients_settings() {
     let (_pg, proxy) = setup(1).await;
-    let mut x = login(&proxy, TENANT_B).await;
+    let mut x = proxy.raw_login(TENANT_B).await;
     // Both settings are read back after the transaction and re-applied with
     // one `SELECT set_config(...), set_config(...)`, which fails (the
     // isolation level cannot change once the SELECT took its snapshot).
     let set = "SET default_transaction_isolation = 'serializable'; SET transaction_isolation = 'serializable'";
     assert_eq!(summarize(&x.simple(set).await), ["C:SET", "C:SET", "Z:I"]);
     assert_eq!(summarize(&x.simple("SHOW transaction_isolation").await), ["T", "D:serializable", "C:SHOW", "Z:I"]);
-    let mut victim = login(&proxy, TENANT_A).await;
+    let mut victim = proxy.raw_login(TENANT_A).await;
     assert_eq!(summarize(&victim.simple("SET search_path = victim_private_schema").await), ["C:SET", "Z:I"]);
     // (a second query lets the proxy finish reading the setting back)
     assert_eq!(summarize(&victim.simple("SELECT 1").await), ["T", "D:1", "C:SELECT 1", "Z:I"]);
@@ -526,8 +520,8 @@ async fn r24_failed_settings_sync_does_not_expose_the_previous_clients_settings(
 #[tokio::test]
 async fn r25_unnamed_statement_survives_to_the_next_unit() {
     let (_pg, proxy) = setup(2).await;
-    let mut a = login(&proxy, TENANT_A).await;
-    let mut other = login(&proxy, TENANT_B).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
+    let mut other = proxy.raw_login(TENANT_B).await;
     // Make both server connections exist.
     assert_eq!(summarize(&other.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
     assert_eq!(summarize(&a.simple("SELECT 1").await), ["T", "D:1", "C:SELECT 1", "Z:I"]);
@@ -547,10 +541,10 @@ async fn r25_unnamed_statement_survives_to_the_next_unit() {
 #[tokio::test]
 async fn r26_sequence_values_of_another_tenant_are_not_visible() {
     let (_pg, proxy) = setup(1).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     let insert = format!("INSERT INTO tool_calls (tenant_id, tool_name) VALUES ('{TENANT_A}', 'x')");
     assert_eq!(summarize(&a.simple(&insert).await), ["C:INSERT 0 1", "Z:I"]);
-    let mut b = login(&proxy, TENANT_B).await;
+    let mut b = proxy.raw_login(TENANT_B).await;
     let got = summarize(&b.simple("SELECT lastval()").await);
     // Direct connection: 55000 "lastval is not yet defined in this session".
     assert_eq!(got, ["T", "E:55000", "Z:I"]);

@@ -6,20 +6,14 @@ mod support;
 
 use support::{summarize, PgCluster, Proxy, ProxyOptions, RawClient, TENANT_A, TENANT_B};
 
-async fn login(proxy: &Proxy, tenant: &str) -> RawClient {
-    let mut c = RawClient::connect(proxy.port()).await;
-    c.login("anyname", "app", &proxy.token(tenant)).await.expect("login");
-    c
-}
-
 #[tokio::test]
 async fn case15_session_set_does_not_reach_the_next_tenant() {
     let pg = PgCluster::start().await;
     let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(1)).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     assert_eq!(summarize(&a.simple("SET search_path = evil").await), ["C:SET", "Z:I"]);
     assert_eq!(summarize(&a.simple("SELECT set_config('statement_timeout', '1234', false)").await)[0], "T");
-    let mut b = login(&proxy, TENANT_B).await;
+    let mut b = proxy.raw_login(TENANT_B).await;
     let got = summarize(&b.simple("SHOW search_path").await);
     assert_eq!(got, ["T", "D:\"$user\", public", "C:SHOW", "Z:I"]);
     assert_eq!(summarize(&b.simple("SHOW statement_timeout").await), ["T", "D:0", "C:SHOW", "Z:I"]);
@@ -30,7 +24,7 @@ async fn case16_session_state_is_refused_or_never_reaches_the_next_tenant() {
     let pg = PgCluster::start().await;
     pg.superuser().await.batch_execute("GRANT TEMP ON DATABASE app TO app_user").await.unwrap();
     let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(1)).await;
-    let mut a = login(&proxy, TENANT_A).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
     // Temp tables work within the client's transaction...
     let temp = "BEGIN; CREATE TEMP TABLE secret AS SELECT 1 AS x; SELECT x FROM secret; COMMIT";
     assert_eq!(
@@ -47,7 +41,7 @@ async fn case16_session_state_is_refused_or_never_reaches_the_next_tenant() {
     assert_eq!(summarize(&a.simple(hold).await), ["C:BEGIN", "E:0A000", "Z:E"]);
     assert_eq!(summarize(&a.simple("ROLLBACK").await), ["C:ROLLBACK", "Z:I"]);
     // B, on the same single server connection, sees none of A's state.
-    let mut b = login(&proxy, TENANT_B).await;
+    let mut b = proxy.raw_login(TENANT_B).await;
     assert_eq!(summarize(&b.simple("SELECT * FROM pg_temp.secret").await), ["E:42P01", "Z:I"]);
     assert_eq!(summarize(&b.simple("EXECUTE leaked").await), ["E:0A000", "Z:I"]);
     let listening = summarize(&b.simple("SELECT count(*) FROM pg_listening_channels()").await);
@@ -67,8 +61,8 @@ async fn value(c: &mut RawClient, sql: &str) -> String {
 async fn session_settings_follow_the_client_to_other_server_connections() {
     let pg = PgCluster::start().await;
     let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(2)).await;
-    let mut a = login(&proxy, TENANT_A).await;
-    let mut holder = login(&proxy, TENANT_B).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
+    let mut holder = proxy.raw_login(TENANT_B).await;
     assert_eq!(summarize(&a.simple("SET search_path = tenant_a_schema, public").await), ["C:SET", "Z:I"]);
     assert_eq!(summarize(&a.simple("SET statement_timeout = '7s'").await), ["C:SET", "Z:I"]);
     let first_pid = value(&mut a, "SELECT pg_backend_pid()::text").await;
@@ -94,8 +88,8 @@ async fn session_settings_follow_the_client_to_other_server_connections() {
 async fn rolled_back_and_reset_settings_are_not_reapplied() {
     let pg = PgCluster::start().await;
     let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(1)).await;
-    let mut a = login(&proxy, TENANT_A).await;
-    let mut b = login(&proxy, TENANT_B).await;
+    let mut a = proxy.raw_login(TENANT_A).await;
+    let mut b = proxy.raw_login(TENANT_B).await;
     let sql = "BEGIN; SET search_path = rolled_back; ROLLBACK";
     assert_eq!(summarize(&a.simple(sql).await), ["C:BEGIN", "C:SET", "C:ROLLBACK", "Z:I"]);
     assert_eq!(value(&mut b, "SHOW search_path").await, "\"$user\", public");
@@ -127,7 +121,7 @@ async fn startup_parameters_are_applied_and_reported() {
     assert_eq!(value(&mut a, "SHOW application_name").await, "billing-worker");
     assert_eq!(value(&mut a, "SHOW TimeZone").await, "Asia/Tokyo");
     assert_eq!(value(&mut a, "SHOW search_path").await, "startup_path");
-    let mut b = login(&proxy, TENANT_B).await;
+    let mut b = proxy.raw_login(TENANT_B).await;
     for _ in 0..3 {
         assert_eq!(value(&mut b, "SHOW application_name").await, "");
     }

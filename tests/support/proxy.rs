@@ -296,6 +296,15 @@ impl Proxy {
         config
     }
 
+    /// A raw protocol client logged in as `tenant` with a fresh token.
+    pub async fn raw_login(&self, tenant: &str) -> crate::support::RawClient {
+        let mut c = crate::support::RawClient::connect(self.port).await;
+        if let Err(e) = c.login("anyname", "app", &self.token(tenant)).await {
+            panic!("raw login as tenant {tenant} failed: {e:?}\n--- proxy log ---\n{}", tail(&self.log(), 100));
+        }
+        c
+    }
+
     /// Connects as `tenant` with a fresh token; panics with the proxy log on failure.
     pub async fn connect(&self, tenant: &str) -> Client {
         match self.try_connect(&self.token(tenant)).await {
