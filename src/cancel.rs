@@ -97,7 +97,11 @@ pub async fn send_cancel(addr: (String, u16), key: ServerKey) {
 }
 
 async fn try_send_cancel(addr: &(String, u16), key: ServerKey) -> std::io::Result<()> {
-    let mut s = TcpStream::connect((addr.0.as_str(), addr.1)).await?;
+    // Bounded: the caller holds the client's cancel slot meanwhile.
+    let connect = TcpStream::connect((addr.0.as_str(), addr.1));
+    let mut s = tokio::time::timeout(std::time::Duration::from_secs(5), connect)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     s.write_all(&crate::wire::build::cancel_request(key.pid, key.secret)).await?;
     // PostgreSQL closes the socket once it has read the request; waiting for
     // that keeps the slot locked until the cancel was delivered.

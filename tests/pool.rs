@@ -358,3 +358,24 @@ async fn sql_deallocate_of_a_protocol_statement_is_honoured() {
     // Unknown names still get PostgreSQL's own error.
     assert_eq!(summarize(&a.simple("DEALLOCATE nosuch").await), ["E:26000", "Z:I"]);
 }
+
+#[tokio::test]
+async fn close_and_fastpath_are_answered_without_waiting_for_the_pool() {
+    let pg = PgCluster::start().await;
+    let options = ProxyOptions::default().pool_size(1).set("upstream", "pool_timeout_seconds", "1");
+    let proxy = Proxy::start(&pg, options).await;
+    let mut holder = proxy.raw_login(TENANT_B).await;
+    assert_eq!(summarize(&holder.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
+    let mut a = proxy.raw_login(TENANT_A).await;
+    a.parse("q", TENANT_QUERY, &[]).sync().close_statement("q").sync();
+    a.flush().await;
+    assert_eq!(summarize(&a.read_until_ready().await), ["1", "Z:I"]);
+    assert_eq!(summarize(&a.read_until_ready().await), ["3", "Z:I"]);
+    a.function_call(2078, &[]).flush().await;
+    assert_eq!(summarize(&a.read_until_ready().await), ["E:42501", "Z:I"]);
+    assert_eq!(summarize(&holder.simple("COMMIT").await), ["C:COMMIT", "Z:I"]);
+    // The closed name is gone for the client.
+    a.bind("", "q", &[]).execute("", 0).sync();
+    a.flush().await;
+    assert_eq!(summarize(&a.read_until_ready().await), ["E:26000", "Z:I"]);
+}

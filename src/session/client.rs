@@ -24,7 +24,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::inject::{self, Refused, Role};
 use super::login::LoggedIn;
-use super::outstanding::{Action, Outstanding, Pending, QueryPlan};
+use super::outstanding::{self, Action, Outstanding, Pending, QueryPlan};
 use super::params::Settings;
 use super::prepared::{self, ClientStatements, Statement};
 use super::Fatal;
@@ -271,6 +271,10 @@ impl Session {
             self.outstanding.drain_synthetic(&mut self.cout);
             return Ok(true);
         }
+        if !attached && !self.unit_open && self.answer_without_server(tag, &msg) {
+            self.outstanding.drain_synthetic(&mut self.cout);
+            return Ok(true);
+        }
         if tag == b'P' && !attached && !self.unit_open && self.try_lazy_parse(&msg)? {
             self.outstanding.drain_synthetic(&mut self.cout);
             return Ok(true);
@@ -355,6 +359,36 @@ impl Session {
         Ok(())
     }
 
+    /// Requests the proxy answers alone when no transaction is open, so that
+    /// they never wait for the pool: Close of a named statement (it only
+    /// forgets the client's name) and the refused fastpath call.
+    fn answer_without_server(&mut self, tag: u8, msg: &[u8]) -> bool {
+        match (tag, msg.get(frame::HEADER_LEN)) {
+            (b'C', Some(b'S')) => {
+                let Some((name, _)) = frame::cstr(&msg[frame::HEADER_LEN + 1..]) else { return false };
+                if name.is_empty() {
+                    return false;
+                }
+                self.statements.remove(name);
+                self.outstanding.push(Pending::Step(outstanding::Step::Close, outstanding::Owner::Synthetic));
+                true
+            }
+            (b'F', _) => {
+                let refused = fastpath_refusal();
+                build::error_response(
+                    &mut self.cout,
+                    build::Severity::Error,
+                    refused.code,
+                    &refused.message,
+                    refused.hint,
+                );
+                build::ready_for_query(&mut self.cout, IDLE);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The fastpath interface can call `set_config` by OID with no SQL text
     /// to inspect, so it is refused; a stand-in keeps the server's
     /// transaction state as a real error would leave it.
@@ -365,7 +399,7 @@ impl Session {
             self.predicted = None;
         }
         self.unit_open = false;
-        let refused = Refused::privilege("the fastpath function call interface is not supported by pgtenant".into());
+        let refused = fastpath_refusal();
         self.outstanding.push(Pending::Query(QueryPlan::new(vec![Role::StandIn(refused)], None)));
     }
 
@@ -555,4 +589,8 @@ fn pool_fatal(e: PoolError) -> Fatal {
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn fastpath_refusal() -> Refused {
+    Refused::privilege("the fastpath function call interface is not supported by pgtenant".into())
 }
