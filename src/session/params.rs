@@ -25,6 +25,17 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 200 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
 }
 
+/// Whether SQL text mentions `set_config` in any case. Its third argument
+/// may make it session-wide, under a name only the server sees, so such text
+/// is treated as changing session state.
+pub fn mentions_set_config(sql: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"set_config";
+    // Only positions starting with 's' are compared: cheap on large texts.
+    sql.iter()
+        .enumerate()
+        .any(|(i, &b)| b | 0x20 == b's' && sql.get(i..i + NEEDLE.len()).is_some_and(|w| w.eq_ignore_ascii_case(NEEDLE)))
+}
+
 /// A single-quoted SQL literal.
 pub fn quote_literal(value: &str, standard_conforming_strings: bool) -> String {
     let mut out = String::with_capacity(value.len() + 2);
@@ -188,6 +199,14 @@ mod tests {
     fn bad_names_are_refused() {
         let params = vec![("a;b".to_string(), "1".to_string())];
         assert!(from_startup(&params).is_err());
+    }
+
+    #[test]
+    fn set_config_is_found_in_any_case() {
+        assert!(mentions_set_config(b"select SET_CONFIG('a', 'b', false)"));
+        assert!(mentions_set_config(b"set_config"));
+        assert!(!mentions_set_config(b"select set_confi"));
+        assert!(!mentions_set_config(b""));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::{Session, IDLE};
 use crate::session::inject::{self, Refused};
 use crate::session::outstanding::{Owner, Pending, Step};
+use crate::session::params;
 use crate::session::prepared::{self, Statement};
 use crate::session::Fatal;
 use crate::sql::inspect::{Inspection, SessionEffect, TxControl};
@@ -368,8 +369,7 @@ pub(super) fn parse_fields(msg: &Bytes) -> Option<(Bytes, Bytes, Bytes)> {
 fn statement(insp: &Inspection, text: Bytes, types: Bytes) -> Statement {
     let tx = insp.statements.iter().any(|s| s.tx != TxControl::None);
     // set_config's third argument may make it session-wide, under any name.
-    let session = insp.statements.iter().any(|s| s.session.is_some())
-        || text.windows(10).any(|w| w.eq_ignore_ascii_case(b"set_config"));
+    let session = insp.statements.iter().any(|s| s.session.is_some()) || params::mentions_set_config(&text);
     let no_block = matches!(insp.statements.as_slice(), [only] if only.no_tx_block);
     let tx_end = insp.statements.iter().any(|s| matches!(s.tx, TxControl::End | TxControl::EndAndChain));
     Statement { id: 0, text, types, tx, tx_end, session, no_block }

@@ -87,7 +87,7 @@ impl Session {
             }
         }
         // set_config's third argument may make it session-wide, under any name.
-        if sql.windows(10).any(|w| w.eq_ignore_ascii_case(b"set_config")) {
+        if params::mentions_set_config(sql) {
             self.dirty = true;
         }
     }
