@@ -196,21 +196,21 @@ async fn case17_named_statement_runs_across_pooled_connections() {
     let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(4)).await;
     let a = proxy.connect(TENANT_A).await;
     let stmt = a.prepare("SELECT current_setting('app.current_tenant_id') || '/' || $1::text").await.unwrap();
-    // Other clients keep the pool's connections busy in between, so A's
-    // executions land on different server connections.
-    let mut others = Vec::new();
-    for _ in 0..3 {
-        others.push(proxy.connect(TENANT_B).await);
-    }
+    // Every other execution, another tenant holds a transaction open on the
+    // connection A used last (the pool hands out the most recently returned
+    // one), so A's executions alternate between server connections.
+    let mut holder = proxy.raw_login(TENANT_B).await;
     let mut backends = std::collections::HashSet::new();
     for i in 0..100 {
-        let busy: Vec<_> = others.iter().map(|o| o.simple_query("SELECT pg_sleep(0.001)")).collect();
+        if i % 2 == 0 {
+            assert_eq!(summarize(&holder.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
+        }
         let row = a.query_one(&stmt, &[&i.to_string()]).await.unwrap();
         assert_eq!(row.get::<_, String>(0), format!("{TENANT_A}/{i}"));
         let pid: i32 = a.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
         backends.insert(pid);
-        for b in busy {
-            b.await.unwrap();
+        if i % 2 == 0 {
+            assert_eq!(summarize(&holder.simple("COMMIT").await), ["C:COMMIT", "Z:I"]);
         }
     }
     assert!(backends.len() > 1, "expected executions on several server connections");
