@@ -208,16 +208,14 @@ class PsycopgTest(unittest.TestCase):
             first = conn.execute(TENANT_SQL)
             p.sync()
             conn.execute(INSERT_OWN_SQL, (name,))
+            # Nothing is queued after the failing statement: psycopg raises the
+            # error at whichever later call first reads it, so the sync is that call.
             conn.cursor().execute("SELECT 1/0")
-            skipped = conn.cursor()
-            skipped.execute(INSERT_OWN_SQL + " RETURNING 1", (name,))
             with self.assertRaises(errors.DivisionByZero):
                 p.sync()
             after = conn.execute(TENANT_SQL)
         self.assertEqual(first.fetchone(), (TENANT_A,))
         self.assertEqual(after.fetchone(), (TENANT_A,))
-        with self.assertRaises(psycopg.ProgrammingError):
-            skipped.fetchone()
         # The failed group was one implicit transaction: its INSERT is gone too.
         self.assertEqual(admin_count(name), {TENANT_A: 50})
 
