@@ -112,6 +112,10 @@ impl Session {
         self.capturing = names.into_iter().collect();
         build::query(&mut self.sout, params::capture_sql(&self.capturing).as_bytes());
         self.unnamed_on_server = false;
+        // Hold the client's next messages until the values are known and, if
+        // a RESET went to the server default instead of the startup value,
+        // corrected: they must run with the settings the client expects.
+        self.predicted = None;
         self.outstanding.push(Pending::Internal { capture: true });
         true
     }
@@ -140,6 +144,8 @@ impl Session {
                 self.desired.insert(name, v.clone());
             }
         }
+        // Still attached: correct the server now, ahead of the client's next message.
+        self.sync_settings();
     }
 }
 
