@@ -280,13 +280,19 @@ async fn prepared_statements_per_server_connection_are_bounded() {
     assert!(n <= 5, "{n} statements prepared on the server connection");
 }
 
-#[tokio::test]
-async fn named_parse_outside_a_transaction_needs_no_server() {
+/// A pool of one server connection, held by tenant B's open transaction.
+async fn pool_of_one_held_open() -> (PgCluster, Proxy, RawClient) {
     let pg = PgCluster::start().await;
     let options = ProxyOptions::default().pool_size(1).set("upstream", "pool_timeout_seconds", "1");
     let proxy = Proxy::start(&pg, options).await;
     let mut holder = proxy.raw_login(TENANT_B).await;
     assert_eq!(summarize(&holder.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
+    (pg, proxy, holder)
+}
+
+#[tokio::test]
+async fn named_parse_outside_a_transaction_needs_no_server() {
+    let (_pg, proxy, mut holder) = pool_of_one_held_open().await;
     // The only server connection is busy, yet a synchronous prepare completes.
     let mut a = proxy.raw_login(TENANT_A).await;
     a.parse("q", TENANT_QUERY, &[]).sync();
@@ -361,11 +367,7 @@ async fn sql_deallocate_of_a_protocol_statement_is_honoured() {
 
 #[tokio::test]
 async fn close_and_fastpath_are_answered_without_waiting_for_the_pool() {
-    let pg = PgCluster::start().await;
-    let options = ProxyOptions::default().pool_size(1).set("upstream", "pool_timeout_seconds", "1");
-    let proxy = Proxy::start(&pg, options).await;
-    let mut holder = proxy.raw_login(TENANT_B).await;
-    assert_eq!(summarize(&holder.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
+    let (_pg, proxy, mut holder) = pool_of_one_held_open().await;
     let mut a = proxy.raw_login(TENANT_A).await;
     a.parse("q", TENANT_QUERY, &[]).sync().close_statement("q").sync();
     a.flush().await;
