@@ -19,8 +19,10 @@ pub const MIN_HS_SECRET_LEN: usize = 32;
 /// Every accepted section with its space-separated keys; anything else in the file is an error.
 const SCHEMA: &[(&str, &str)] = &[
     ("listen", "addr tls_cert tls_key allow_plaintext_auth max_client_conn startup_timeout_seconds"),
+    ("listen", "max_message_bytes login_failures_before_backoff login_backoff_max_seconds tls_reload_seconds"),
     ("upstream", "host port database user password password_env pool_size tls tls_ca_file"),
     ("upstream", "connect_timeout_seconds pool_timeout_seconds max_prepared_statements allow_rls_bypassing_role"),
+    ("upstream", "max_connections_per_tenant"),
     ("auth", "algorithms hs_secret_env hs_secret public_key_file jwks_file jwks_url"),
     ("auth", "tenant_claim tenant_format issuer audience leeway_seconds"),
     ("tenant", "setting mode signing_key_env signing_key_file"),
@@ -64,6 +66,14 @@ pub struct ListenConfig {
     pub max_client_conn: usize,
     /// Time a client has to finish startup and authentication.
     pub startup_timeout: Duration,
+    /// Largest message a client may send, in bytes.
+    pub max_message_bytes: usize,
+    /// Failed logins from one address before its failures are answered slowly.
+    pub login_failures_before_backoff: u32,
+    /// Longest delay before a failed login is answered.
+    pub login_backoff_max: Duration,
+    /// How often the TLS certificate files are checked for changes; zero turns it off.
+    pub tls_reload_interval: Duration,
 }
 
 /// PEM files for the client-facing TLS listener (resolved, readable at load time).
@@ -105,6 +115,9 @@ pub struct UpstreamConfig {
     /// BYPASSRLS, or owner of tables without FORCE). Tenants are then NOT
     /// isolated; meant only for migrations and tests.
     pub allow_rls_bypassing_role: bool,
+    /// Server connections one tenant may hold at once, so that one tenant
+    /// cannot take the whole pool.
+    pub max_connections_per_tenant: usize,
 }
 
 /// `upstream.tls`: TLS policy towards PostgreSQL.
@@ -300,12 +313,21 @@ fn listen(r: &mut Reader) -> Result<ListenConfig, Reported> {
     let allow_plaintext_auth = r.boolean("listen.allow_plaintext_auth", false);
     let max_client_conn = r.int("listen.max_client_conn", 1, 1_000_000, 10_000);
     let startup_timeout = r.int("listen.startup_timeout_seconds", 1, 3600, 10);
+    // The floor keeps room for a maximum-size token and ordinary queries.
+    let max_message_bytes = r.int("listen.max_message_bytes", 64 << 10, 1 << 30, 64 << 20);
+    let failures = r.int("listen.login_failures_before_backoff", 1, 1_000_000, 5);
+    let backoff_max = r.int("listen.login_backoff_max_seconds", 0, 60, 5);
+    let tls_reload = r.int("listen.tls_reload_seconds", 0, 86_400, 60);
     Ok(ListenConfig {
         addr: addr?,
         tls: tls?,
         allow_plaintext_auth: allow_plaintext_auth?,
         max_client_conn: max_client_conn? as usize,
         startup_timeout: seconds(startup_timeout?),
+        max_message_bytes: max_message_bytes? as usize,
+        login_failures_before_backoff: failures? as u32,
+        login_backoff_max: seconds(backoff_max?),
+        tls_reload_interval: seconds(tls_reload?),
     })
 }
 
@@ -337,6 +359,7 @@ fn upstream(r: &mut Reader) -> Result<UpstreamConfig, Reported> {
     let pool_timeout = r.int("upstream.pool_timeout_seconds", 1, 3600, 10);
     let max_prepared = r.int("upstream.max_prepared_statements", 1, 100_000, 200);
     let allow_bypass = r.boolean("upstream.allow_rls_bypassing_role", false);
+    let per_tenant = per_tenant_cap(r, pool_size.as_ref().ok().copied());
     if let (Ok(VerifyFull), Ok(None)) = (&tls, &tls_ca_file) {
         let msg = "required when upstream.tls = \"verify-full\"";
         tls_ca_file = Err(r.fail("upstream.tls_ca_file", msg));
@@ -354,7 +377,22 @@ fn upstream(r: &mut Reader) -> Result<UpstreamConfig, Reported> {
         pool_timeout: seconds(pool_timeout?),
         max_prepared_statements: max_prepared? as usize,
         allow_rls_bypassing_role: allow_bypass?,
+        max_connections_per_tenant: per_tenant?,
     })
+}
+
+/// `upstream.max_connections_per_tenant`: by default three quarters of the
+/// pool (rounded up), so one busy tenant always leaves room for the others.
+fn per_tenant_cap(r: &mut Reader, pool_size: Option<i64>) -> Result<usize, Reported> {
+    let Some(pool) = pool_size else { return Err(Reported) };
+    let default = pool - pool / 4;
+    let cap = r.int("upstream.max_connections_per_tenant", 1, 10_000, default)?;
+    if cap > pool {
+        return Err(
+            r.fail("upstream.max_connections_per_tenant", format!("must not exceed upstream.pool_size ({pool})"))
+        );
+    }
+    Ok(cap as usize)
 }
 
 fn upstream_password(r: &mut Reader) -> Result<Option<String>, Reported> {
@@ -828,7 +866,11 @@ hs_secret_env = "TEST_JWT_SECRET"
         assert!(!cfg.listen.allow_plaintext_auth);
         assert_eq!(cfg.listen.max_client_conn, 10_000);
         assert_eq!(cfg.listen.startup_timeout, Duration::from_secs(10));
+        assert_eq!((cfg.listen.max_message_bytes, cfg.listen.login_failures_before_backoff), (64 << 20, 5));
+        assert_eq!(cfg.listen.login_backoff_max, Duration::from_secs(5));
+        assert_eq!(cfg.listen.tls_reload_interval, Duration::from_secs(60));
         let up = &cfg.upstream;
+        assert_eq!(up.max_connections_per_tenant, 15, "three quarters of the pool of 20");
         assert_eq!(
             (up.host.as_str(), up.port, up.database.as_str(), up.user.as_str()),
             ("127.0.0.1", 5432, "app", "app_user")
@@ -843,6 +885,19 @@ hs_secret_env = "TEST_JWT_SECRET"
         assert_eq!((auth.issuer.clone(), auth.audience.clone(), auth.leeway), (None, None, 30));
         assert_eq!(cfg.tenant, TenantConfig { setting: "app.current_tenant_id".into(), mode: TenantMode::Plain });
         assert_eq!(cfg.http.addr, "127.0.0.1:9930".parse().unwrap());
+    }
+
+    #[test]
+    fn per_tenant_cap_follows_and_is_bounded_by_the_pool() {
+        let fx = Fixture::new();
+        let cfg = fx.load(MINIMAL, &[("PGTENANT_UPSTREAM_POOL_SIZE", "3")]).unwrap();
+        assert_eq!(cfg.upstream.max_connections_per_tenant, 3);
+        let cfg = fx.load(MINIMAL, &[("PGTENANT_UPSTREAM_POOL_SIZE", "8")]).unwrap();
+        assert_eq!(cfg.upstream.max_connections_per_tenant, 6);
+        let vars = [("PGTENANT_UPSTREAM_POOL_SIZE", "4"), ("PGTENANT_UPSTREAM_MAX_CONNECTIONS_PER_TENANT", "5")];
+        assert_eq!(fx.errors(MINIMAL, &vars), vec!["upstream.max_connections_per_tenant (from PGTENANT_UPSTREAM_MAX_CONNECTIONS_PER_TENANT): must not exceed upstream.pool_size (4)"]);
+        let small = [("PGTENANT_LISTEN_MAX_MESSAGE_BYTES", "1000")];
+        assert!(has(&fx.errors(MINIMAL, &small), "expected an integer between 65536 and 1073741824"));
     }
 
     #[test]

@@ -50,7 +50,7 @@ impl Shared {
             UpstreamTls::Prefer | UpstreamTls::Require => Some(crate::tls::upstream_config(None)?),
         };
         let connector = Connector { cfg: config.upstream.clone(), tls: upstream_tls };
-        let pool = Pool::new(connector, config.upstream.pool_size);
+        let pool = Pool::new(connector, config.upstream.pool_size, config.upstream.max_connections_per_tenant);
         let cancel = Registry::new(pool.upstream_addr());
         let inspector = Inspector::new(&config.tenant.setting);
         Ok(Shared { config, verifier, inspector, pool, cancel, tls, prepared: Default::default() })
@@ -88,7 +88,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// Connects once at startup so a bad upstream (unreachable, wrong password,
 /// a role that bypasses RLS) is in the log before the first client comes.
 async fn check_upstream(shared: Arc<Shared>) {
-    match shared.pool.checkout(shared.config.upstream.connect_timeout).await {
+    match shared.pool.checkout(&crate::upstream::Owner::Proxy, shared.config.upstream.connect_timeout).await {
         Ok(pooled) => {
             tracing::info!(user = %shared.config.upstream.user, "upstream reachable; role checked");
             shared.pool.checkin(pooled);

@@ -2,8 +2,10 @@
 //! pool of server connections. Never imports `session`.
 
 pub mod connect;
+pub mod gate;
 pub mod pool;
 pub mod role;
 
 pub use connect::{ServerConn, UpstreamError};
+pub use gate::Owner;
 pub use pool::{Pool, PoolError, Pooled};

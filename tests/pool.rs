@@ -54,6 +54,56 @@ async fn waiting_longer_than_pool_timeout_is_a_clear_error() {
 }
 
 #[tokio::test]
+async fn one_tenant_cannot_take_the_whole_pool() {
+    let pg = PgCluster::start().await;
+    let options = ProxyOptions::default().pool_size(3).set("upstream", "max_connections_per_tenant", "2").set(
+        "upstream",
+        "pool_timeout_seconds",
+        "1",
+    );
+    let proxy = Proxy::start(&pg, options).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = proxy.raw_login(TENANT_A).await;
+        assert_eq!(summarize(&c.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
+        held.push(c);
+    }
+    // A third client of the same tenant waits although a connection is free...
+    let mut third = proxy.raw_login(TENANT_A).await;
+    third.query("SELECT 1").flush().await;
+    // ...which another tenant gets at once.
+    let mut other = proxy.raw_login(TENANT_B).await;
+    assert_eq!(
+        summarize(&other.simple(TENANT_QUERY).await),
+        ["T", format!("D:{TENANT_B}").as_str(), "C:SELECT 1", "Z:I"]
+    );
+    let msgs = third.expect_closed().await;
+    assert_eq!(summarize(&msgs), ["E:53300"]);
+    assert!(msgs[0].error_fields()[&'H'].contains("max_connections_per_tenant"), "{:?}", msgs[0].error_fields());
+    // Once tenant A finishes a transaction its next client is served.
+    assert_eq!(summarize(&held[0].simple("COMMIT").await), ["C:COMMIT", "Z:I"]);
+    let mut fourth = proxy.raw_login(TENANT_A).await;
+    assert_eq!(summarize(&fourth.simple("SELECT 1").await), ["T", "D:1", "C:SELECT 1", "Z:I"]);
+}
+
+#[tokio::test]
+async fn oversized_client_messages_are_refused_at_the_configured_limit() {
+    let pg = PgCluster::start().await;
+    let options = ProxyOptions::default().set("listen", "max_message_bytes", "100000");
+    let proxy = Proxy::start(&pg, options).await;
+    let mut ok = proxy.raw_login(TENANT_A).await;
+    let fits = format!("SELECT length('{}')", "x".repeat(90_000));
+    assert_eq!(summarize(&ok.simple(&fits).await), ["T", "D:90000", "C:SELECT 1", "Z:I"]);
+    let mut big = proxy.raw_login(TENANT_A).await;
+    big.query(&format!("SELECT length('{}')", "x".repeat(100_000))).flush().await;
+    let msgs = big.expect_closed().await;
+    assert_eq!(summarize(&msgs), ["E:08P01"]);
+    assert!(msgs[0].error_fields()[&'M'].contains("exceeds the limit of 100000 bytes"), "{:?}", msgs[0].error_fields());
+    // Other clients are unaffected.
+    assert_eq!(summarize(&ok.simple("SELECT 2").await), ["T", "D:2", "C:SELECT 1", "Z:I"]);
+}
+
+#[tokio::test]
 async fn upstream_md5_and_trust_logins_work() {
     let pg = PgCluster::start().await;
     let md5 = ProxyOptions::default().upstream_user("md5_user").set(

@@ -33,7 +33,7 @@ use crate::net::ClientStream;
 use crate::server::Shared;
 use crate::sql::inspect::TxControl;
 use crate::upstream::connect::MAX_SERVER_MESSAGE;
-use crate::upstream::{PoolError, Pooled};
+use crate::upstream::{Owner, PoolError, Pooled};
 use crate::wire::{build, frame};
 
 mod extended;
@@ -41,8 +41,6 @@ mod settings;
 
 use settings::{apply_startup_settings, overlay};
 
-/// Largest message accepted from a client.
-pub const MAX_CLIENT_MESSAGE: usize = 64 << 20;
 /// Stop reading from one side while this much is waiting to be written to the other.
 const HIGH_WATER: usize = 256 << 10;
 const READ_CHUNK: usize = 16 << 10;
@@ -69,6 +67,8 @@ pub struct Session {
     /// server log a WARNING for every transaction.
     tenant: Bytes,
     tenant_select: Arc<Statement>,
+    /// This client's tenant as the pool knows it (per-tenant cap, fair turns).
+    owner: Owner,
     cancel: Registration,
     /// Extended-protocol messages were sent since the last Sync.
     unit_open: bool,
@@ -153,7 +153,7 @@ impl Session {
             Err(e) => return Err((pool_fatal(e), stream)),
         };
         if !settings.is_empty() {
-            match apply_startup_settings(&shared, &settings).await {
+            match apply_startup_settings(&shared, &Owner::tenant(&tenant), &settings).await {
                 Ok(reported) => overlay(&mut params, reported),
                 Err(fatal) => return Err((fatal, stream)),
             }
@@ -187,6 +187,7 @@ impl Session {
             tenant_stmt: Bytes::from(stmt),
             tenant: Bytes::copy_from_slice(tenant.as_str().as_bytes()),
             tenant_select: Arc::new(prepared::tenant_statement(&setting)),
+            owner: Owner::tenant(&tenant),
             cancel,
             unit_open: false,
             unit_tx: false,
@@ -235,7 +236,7 @@ impl Session {
     async fn process_client(&mut self) -> Result<bool, Fatal> {
         // Backpressure both ways: stop while either peer is not reading.
         while self.sout.len() < HIGH_WATER && self.cout.len() < HIGH_WATER {
-            let header = frame::complete_header(&self.cin, MAX_CLIENT_MESSAGE)
+            let header = frame::complete_header(&self.cin, self.shared.config.listen.max_message_bytes)
                 .map_err(|e| Fatal::new("08P01", format!("invalid message from client: {e}")))?;
             let Some(h) = header else { break };
             // While a transaction-control outcome is pending, only COPY data
@@ -308,7 +309,12 @@ impl Session {
             return Err(Fatal::new("28P01", "token has expired")
                 .hint("reconnect with a fresh token (e.g. node-postgres: password as an async function)"));
         }
-        let pooled = self.shared.pool.checkout(self.shared.config.upstream.pool_timeout).await.map_err(pool_fatal)?;
+        let pooled = self
+            .shared
+            .pool
+            .checkout(&self.owner, self.shared.config.upstream.pool_timeout)
+            .await
+            .map_err(pool_fatal)?;
         let (pid, secret) = pooled.conn.key;
         *self.cancel.slot.lock().await = Some(ServerKey { pid, secret });
         self.server = Some(pooled);
@@ -582,7 +588,7 @@ fn server_lost() -> Fatal {
 fn pool_fatal(e: PoolError) -> Fatal {
     match e {
         PoolError::Timeout(d) => Fatal::new("53300", format!("no server connection became free within {} s", d.as_secs()))
-            .hint("all upstream.pool_size connections are busy; retry later or raise upstream.pool_size / upstream.pool_timeout_seconds"),
+            .hint("all upstream.pool_size connections, or this tenant's upstream.max_connections_per_tenant, are busy; retry later or raise those limits / upstream.pool_timeout_seconds"),
         PoolError::Connect(e) => Fatal::new("08006", format!("pgtenant could not connect to the upstream database: {e}")),
     }
 }

@@ -1,13 +1,13 @@
 //! The pool of server connections: at most `pool_size` of them, handed out
-//! one transaction at a time, in FIFO order to waiting clients.
+//! one transaction at a time; admission (per-tenant cap, fair turns) is the
+//! [`Gate`]'s job.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use thiserror::Error;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
 use super::connect::{Connector, ServerConn, UpstreamError};
+use super::gate::{Gate, GateStats, Owner, Permit};
+use thiserror::Error;
 
 /// Why no server connection could be handed out.
 #[derive(Debug, Error)]
@@ -28,9 +28,8 @@ pub struct Pool {
 
 struct Inner {
     connector: Connector,
-    // The permit count is the number of connections that may exist; a tokio
-    // Semaphore queues waiters fairly, which keeps waiting clients in order.
-    slots: Arc<Semaphore>,
+    // A lent permit is a connection that may exist, idle ones excluded.
+    gate: Arc<Gate>,
     // A std Mutex is fine: it is held only to push or pop, never across .await.
     idle: Mutex<Vec<ServerConn>>,
     server_params: Mutex<Option<ServerParams>>,
@@ -44,28 +43,28 @@ pub type ServerParams = Arc<Vec<(String, String)>>;
 pub struct Pooled {
     /// The connection itself.
     pub conn: ServerConn,
-    _permit: OwnedSemaphorePermit,
+    _permit: Permit,
 }
 
 impl Pool {
-    /// A pool that opens connections with `connector`, `size` at most.
-    pub fn new(connector: Connector, size: usize) -> Pool {
+    /// A pool that opens connections with `connector`, `size` at most,
+    /// `per_tenant` at most to one tenant.
+    pub fn new(connector: Connector, size: usize, per_tenant: usize) -> Pool {
         let inner = Inner {
             connector,
-            slots: Arc::new(Semaphore::new(size)),
+            gate: Gate::new(size, per_tenant),
             idle: Mutex::new(Vec::new()),
             server_params: Mutex::new(None),
         };
         Pool { inner: Arc::new(inner) }
     }
 
-    /// Waits up to `wait` for a free slot, then hands out an idle connection
-    /// that is still alive, or opens a new one.
-    pub async fn checkout(&self, wait: Duration) -> Result<Pooled, PoolError> {
-        let permit = tokio::time::timeout(wait, self.inner.slots.clone().acquire_owned())
+    /// Waits up to `wait` for a slot for `owner`, then hands out an idle
+    /// connection that is still alive, or opens a new one.
+    pub async fn checkout(&self, owner: &Owner, wait: Duration) -> Result<Pooled, PoolError> {
+        let permit = tokio::time::timeout(wait, self.inner.gate.acquire(owner.clone()))
             .await
-            .map_err(|_| PoolError::Timeout(wait))?
-            .expect("the pool semaphore is never closed");
+            .map_err(|_| PoolError::Timeout(wait))?;
         while let Some(mut conn) = self.pop_idle() {
             if !conn.is_broken() {
                 return Ok(Pooled { conn, _permit: permit });
@@ -89,11 +88,16 @@ impl Pool {
         if let Some(p) = self.inner.server_params.lock().expect("pool lock").clone() {
             return Ok(p);
         }
-        let pooled = self.checkout(wait).await?;
+        let pooled = self.checkout(&Owner::Proxy, wait).await?;
         self.remember_params(&pooled.conn);
         self.checkin(pooled);
         let params = self.inner.server_params.lock().expect("pool lock").clone();
         Ok(params.unwrap_or_default())
+    }
+
+    /// Admission counts: lent connections, waiting clients, active owners.
+    pub fn gate_stats(&self) -> GateStats {
+        self.inner.gate.stats()
     }
 
     /// Number of idle connections (for tests and metrics).

@@ -8,6 +8,7 @@ use crate::session::outstanding::Pending;
 use crate::session::params::{self, Settings};
 use crate::session::Fatal;
 use crate::sql::inspect::{DiscardKind, Inspection, SessionEffect};
+use crate::upstream::Owner;
 use crate::wire::build;
 
 impl Session {
@@ -154,9 +155,10 @@ impl Session {
 /// ParameterStatus values the server reported for them.
 pub(super) async fn apply_startup_settings(
     shared: &Shared,
+    owner: &Owner,
     settings: &Settings,
 ) -> Result<Vec<(String, String)>, Fatal> {
-    let mut pooled = shared.pool.checkout(shared.config.upstream.pool_timeout).await.map_err(pool_fatal)?;
+    let mut pooled = shared.pool.checkout(owner, shared.config.upstream.pool_timeout).await.map_err(pool_fatal)?;
     let Some(sql) = params::apply_sql(settings, &pooled.conn.settings, true) else {
         shared.pool.checkin(pooled);
         return Ok(Vec::new());
