@@ -12,6 +12,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::jwt::Verifier;
 use crate::cancel::Registry;
 use crate::config::{Config, UpstreamTls};
+use crate::session::backoff::LoginBackoff;
 use crate::session::login::{self, Outcome};
 use crate::session::{client, Fatal};
 use crate::sql::inspect::Inspector;
@@ -34,6 +35,8 @@ pub struct Shared {
     pub tls: Option<TlsAcceptor>,
     /// Server-side names of prepared statements.
     pub prepared: crate::session::prepared::Registry,
+    /// Failed-login counts per client address.
+    pub backoff: LoginBackoff,
 }
 
 impl Shared {
@@ -53,7 +56,8 @@ impl Shared {
         let pool = Pool::new(connector, config.upstream.pool_size, config.upstream.max_connections_per_tenant);
         let cancel = Registry::new(pool.upstream_addr());
         let inspector = Inspector::new(&config.tenant.setting);
-        Ok(Shared { config, verifier, inspector, pool, cancel, tls, prepared: Default::default() })
+        let backoff = LoginBackoff::new(config.listen.login_failures_before_backoff, config.listen.login_backoff_max);
+        Ok(Shared { config, verifier, inspector, pool, cancel, tls, prepared: Default::default(), backoff })
     }
 }
 

@@ -1,6 +1,7 @@
 //! One client connection: login, then the transaction-pooling loop that
 //! injects the tenant and filters replies.
 
+pub mod backoff;
 pub mod client;
 pub mod inject;
 pub mod login;

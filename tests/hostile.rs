@@ -128,3 +128,34 @@ async fn clients_beyond_max_client_conn_are_refused() {
     let mut again = again.expect("a slot became free");
     assert_eq!(summarize(&again.simple("SELECT 1").await), ["T", "D:1", "C:SELECT 1", "Z:I"]);
 }
+
+#[tokio::test]
+async fn repeated_failed_logins_from_one_address_are_answered_slowly() {
+    let pg = PgCluster::start().await;
+    let options = ProxyOptions::default()
+        .set("listen", "login_failures_before_backoff", "2")
+        .set("listen", "login_backoff_max_seconds", "30");
+    let proxy = Proxy::start(&pg, options).await;
+    let bad = proxy.config("not-a-token");
+    let attempt = move || {
+        let bad = bad.clone();
+        async move {
+            let err = bad.connect(tokio_postgres::NoTls).await.err().expect("a bad token is refused");
+            err.as_db_error().map(|e| e.code().code().to_string())
+        }
+    };
+    // Six failures (answered after at most 2 s each, in parallel) ...
+    let first: Vec<_> = (0..6).map(|_| tokio::spawn(attempt())).collect();
+    for handle in first {
+        assert_eq!(handle.await.unwrap().as_deref(), Some("28P01"));
+    }
+    // ... so the seventh is held for several seconds, while a good login from
+    // the same address is not delayed at all.
+    let slow = tokio::spawn(attempt());
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let mut good = proxy.raw_login(TENANT_A).await;
+    assert_eq!(summarize(&good.simple("SELECT 1").await), ["T", "D:1", "C:SELECT 1", "Z:I"]);
+    assert!(!slow.is_finished(), "the seventh failed login was answered before a good login completed");
+    assert_eq!(slow.await.unwrap().as_deref(), Some("28P01"));
+    assert!(proxy.log().contains("repeated failed logins from this address"), "{}", proxy.log());
+}

@@ -7,6 +7,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::backoff;
 use super::params::{self, Settings};
 use super::Fatal;
 use crate::auth::tenant::TenantId;
@@ -54,9 +55,21 @@ pub async fn handshake(tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Res
             Ok(Outcome::LoggedIn(Box::new(LoggedIn { stream, rbuf: buf, tenant, user, expires_at, settings })))
         }
         Err(fatal) => {
+            if fatal.code == "28P01" {
+                slow_down(peer, shared).await;
+            }
             fatal.send(&mut stream).await;
             Err(fatal)
         }
+    }
+}
+
+/// Delays the answer to a failed login when its address keeps failing.
+async fn slow_down(peer: SocketAddr, shared: &Shared) {
+    let delay = shared.backoff.failed(backoff::key(peer.ip()), std::time::Instant::now());
+    if !delay.is_zero() {
+        tracing::warn!(%peer, delay_ms = delay.as_millis() as u64, "repeated failed logins from this address; answering slowly");
+        tokio::time::sleep(delay).await;
     }
 }
 
