@@ -7,7 +7,6 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 
 use crate::auth::jwt::Verifier;
 use crate::cancel::Registry;
@@ -16,6 +15,7 @@ use crate::session::backoff::LoginBackoff;
 use crate::session::login::{self, Outcome};
 use crate::session::{client, Fatal};
 use crate::sql::inspect::Inspector;
+use crate::tls::ReloadingServerConfig;
 use crate::upstream::connect::Connector;
 use crate::upstream::Pool;
 
@@ -32,7 +32,7 @@ pub struct Shared {
     /// Cancel keys of live clients.
     pub cancel: Arc<Registry>,
     /// TLS for clients, when a certificate is configured.
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<Arc<ReloadingServerConfig>>,
     /// Server-side names of prepared statements.
     pub prepared: crate::session::prepared::Registry,
     /// Failed-login counts per client address.
@@ -44,7 +44,7 @@ impl Shared {
     pub fn new(config: Config) -> anyhow::Result<Shared> {
         let verifier = Verifier::new(&config.auth).context("loading the JWT verification key")?;
         let tls = match &config.listen.tls {
-            Some(files) => Some(TlsAcceptor::from(crate::tls::server_config(&files.cert, &files.key)?)),
+            Some(files) => Some(Arc::new(ReloadingServerConfig::load(&files.cert, &files.key)?)),
             None => None,
         };
         let upstream_tls = match config.upstream.tls {
@@ -69,6 +69,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", shared.config.listen.addr))?;
     tracing::info!(addr = %shared.config.listen.addr, "pgtenant listening");
     tokio::spawn(check_upstream(shared.clone()));
+    if let (Some(tls), interval) = (&shared.tls, shared.config.listen.tls_reload_interval) {
+        if !interval.is_zero() {
+            tokio::spawn(tls.clone().watch(interval));
+        }
+    }
     let limit = Arc::new(Semaphore::new(shared.config.listen.max_client_conn));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {

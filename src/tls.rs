@@ -2,15 +2,18 @@
 //! connector. One crypto provider (aws-lc-rs) is used everywhere, passed
 //! explicitly so no process-wide default has to be installed.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use arc_swap::ArcSwap;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use tokio_rustls::TlsAcceptor;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
@@ -98,4 +101,105 @@ impl ServerCertVerifier for NoVerification {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// The client-facing TLS configuration, rebuilt when its PEM files change so
+/// that renewed certificates (cert-manager, a rotated Kubernetes Secret) take
+/// effect without a restart. Connections already open keep their session.
+#[derive(Debug)]
+pub struct ReloadingServerConfig {
+    cert: PathBuf,
+    key: PathBuf,
+    current: ArcSwap<ServerConfig>,
+    // The file contents last tried, good or bad, so a bad pair is reported once.
+    seen: Mutex<(Vec<u8>, Vec<u8>)>,
+}
+
+/// What a reload check found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reload {
+    /// The files are unchanged since the last check.
+    Unchanged,
+    /// New files were loaded and are in use.
+    Reloaded,
+    /// The files changed but could not be used; the previous configuration stays.
+    Rejected(String),
+}
+
+impl ReloadingServerConfig {
+    /// Loads the certificate chain and key; fails if they cannot be used.
+    pub fn load(cert: &Path, key: &Path) -> anyhow::Result<ReloadingServerConfig> {
+        let contents = read_pair(cert, key)?;
+        let config = server_config(cert, key)?;
+        Ok(ReloadingServerConfig {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            current: ArcSwap::new(config),
+            seen: Mutex::new(contents),
+        })
+    }
+
+    /// An acceptor for the configuration in use now.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.current.load_full())
+    }
+
+    /// Reloads the files if their contents changed since the last check.
+    pub fn reload_if_changed(&self) -> Reload {
+        let contents = match read_pair(&self.cert, &self.key) {
+            Ok(c) => c,
+            Err(e) => return self.reject_once(None, format!("{e:#}")),
+        };
+        if *self.seen.lock().expect("tls reload lock") == contents {
+            return Reload::Unchanged;
+        }
+        match server_config(&self.cert, &self.key) {
+            Ok(config) => {
+                self.current.store(config);
+                *self.seen.lock().expect("tls reload lock") = contents;
+                Reload::Reloaded
+            }
+            Err(e) => self.reject_once(Some(contents), format!("{e:#}")),
+        }
+    }
+
+    /// Checks the files every `interval` and logs what changed, forever.
+    pub async fn watch(self: Arc<Self>, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            self.log(self.reload_if_changed());
+        }
+    }
+
+    /// Logs the outcome of a reload check.
+    pub fn log(&self, outcome: Reload) {
+        match outcome {
+            Reload::Unchanged => {}
+            Reload::Reloaded => tracing::info!(cert = %self.cert.display(), "client TLS certificate reloaded"),
+            Reload::Rejected(why) => tracing::error!(
+                cert = %self.cert.display(),
+                error = %why,
+                "new client TLS certificate or key is unusable; still serving the previous one"
+            ),
+        }
+    }
+
+    fn reject_once(&self, contents: Option<(Vec<u8>, Vec<u8>)>, why: String) -> Reload {
+        let mut seen = self.seen.lock().expect("tls reload lock");
+        let contents = contents.unwrap_or_default();
+        if *seen == contents {
+            return Reload::Unchanged;
+        }
+        *seen = contents;
+        Reload::Rejected(why)
+    }
+}
+
+fn read_pair(cert: &Path, key: &Path) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    let c = std::fs::read(cert).with_context(|| format!("reading certificate {}", cert.display()))?;
+    let k = std::fs::read(key).with_context(|| format!("reading private key {}", key.display()))?;
+    Ok((c, k))
 }

@@ -603,6 +603,48 @@ async fn tls_listener_accepts_verified_tls_clients() {
 }
 
 #[tokio::test]
+async fn renewed_certificate_files_are_picked_up_without_a_restart() {
+    let pg = PgCluster::start().await;
+    let (first, renewed) = (Certs::generate(&[]), Certs::generate(&[]));
+    let options = first.configure(ProxyOptions::default()).set("listen", "tls_reload_seconds", "1");
+    let proxy = Proxy::start(&pg, options).await;
+    let old_session =
+        connect_tls(&proxy, &first, "localhost", &proxy.token(TENANT_A)).await.expect("TLS with the first CA");
+    assert!(connect_tls(&proxy, &renewed, "localhost", &proxy.token(TENANT_A)).await.is_err());
+
+    // Renew: a leaf from another CA replaces the files in place.
+    std::fs::copy(&renewed.key, &first.key).unwrap();
+    std::fs::copy(&renewed.cert, &first.cert).unwrap();
+    let mut served = None;
+    for _ in 0..100 {
+        if let Ok(client) = connect_tls(&proxy, &renewed, "localhost", &proxy.token(TENANT_B)).await {
+            served = Some(client);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client = served.unwrap_or_else(|| panic!("the renewed certificate was never served:\n{}", proxy.log()));
+    assert_eq!(current_tenant(&client).await, TENANT_B);
+    assert!(connect_tls(&proxy, &first, "localhost", &proxy.token(TENANT_A)).await.is_err(), "old CA still accepted");
+    assert_eq!(current_tenant(&old_session).await, TENANT_A, "an open TLS session survives the reload");
+    assert!(proxy.log().contains("client TLS certificate reloaded"), "{}", proxy.log());
+
+    // A broken renewal is reported and the working certificate stays in use.
+    std::fs::write(&first.cert, "not a certificate").unwrap();
+    let mut reported = false;
+    for _ in 0..100 {
+        if proxy.log().contains("still serving the previous one") {
+            reported = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reported, "a broken certificate file was not reported:\n{}", proxy.log());
+    let client = connect_tls(&proxy, &renewed, "localhost", &proxy.token(TENANT_A)).await.expect("still serving");
+    assert_eq!(current_tenant(&client).await, TENANT_A);
+}
+
+#[tokio::test]
 async fn data_pipelined_after_ssl_request_is_refused() {
     let pg = PgCluster::start().await;
     let certs = Certs::generate(&[]);

@@ -132,9 +132,11 @@ async fn clients_beyond_max_client_conn_are_refused() {
 #[tokio::test]
 async fn repeated_failed_logins_from_one_address_are_answered_slowly() {
     let pg = PgCluster::start().await;
-    let options = ProxyOptions::default()
-        .set("listen", "login_failures_before_backoff", "2")
-        .set("listen", "login_backoff_max_seconds", "30");
+    let options = ProxyOptions::default().set("listen", "login_failures_before_backoff", "2").set(
+        "listen",
+        "login_backoff_max_seconds",
+        "30",
+    );
     let proxy = Proxy::start(&pg, options).await;
     let bad = proxy.config("not-a-token");
     let attempt = move || {

@@ -97,7 +97,7 @@ async fn negotiate(
     let acceptor = match plain {
         Plain::Startup(s) => return Ok(Some((MaybeTls::Plain(tcp), s))),
         Plain::Cancelled => return Ok(None),
-        Plain::Tls => shared.tls.clone().expect("TLS is configured"),
+        Plain::Tls => shared.tls.as_ref().expect("TLS is configured").acceptor(),
     };
     let tls = acceptor.accept(tcp).await.map_err(|e| Fatal::new("08P01", format!("TLS handshake failed: {e}")))?;
     let mut stream = MaybeTls::Tls(Box::new(tls));
