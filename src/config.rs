@@ -22,7 +22,7 @@ const SCHEMA: &[(&str, &str)] = &[
     ("listen", "max_message_bytes login_failures_before_backoff login_backoff_max_seconds tls_reload_seconds"),
     ("upstream", "host port database user password password_env pool_size tls tls_ca_file"),
     ("upstream", "connect_timeout_seconds pool_timeout_seconds max_prepared_statements allow_rls_bypassing_role"),
-    ("upstream", "max_connections_per_tenant"),
+    ("upstream", "max_connections_per_tenant channel_binding"),
     ("auth", "algorithms hs_secret_env hs_secret public_key_file jwks_file jwks_url"),
     ("auth", "tenant_claim tenant_format issuer audience leeway_seconds"),
     ("tenant", "setting mode signing_key_env signing_key_file"),
@@ -115,6 +115,8 @@ pub struct UpstreamConfig {
     /// BYPASSRLS, or owner of tables without FORCE). Tenants are then NOT
     /// isolated; meant only for migrations and tests.
     pub allow_rls_bypassing_role: bool,
+    /// SCRAM channel binding towards the server.
+    pub channel_binding: ChannelBindingMode,
     /// Server connections one tenant may hold at once, so that one tenant
     /// cannot take the whole pool.
     pub max_connections_per_tenant: usize,
@@ -131,6 +133,17 @@ pub enum UpstreamTls {
     Require,
     /// Require TLS and verify the certificate chain and host name.
     VerifyFull,
+}
+
+/// `upstream.channel_binding`: whether SCRAM logins are bound to the TLS session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelBindingMode {
+    /// Never bind.
+    Disable,
+    /// Bind when the connection uses TLS and the server offers SCRAM-SHA-256-PLUS.
+    Prefer,
+    /// Refuse to log in without a channel-bound SCRAM exchange.
+    Require,
 }
 
 /// `[auth]` section.
@@ -360,6 +373,16 @@ fn upstream(r: &mut Reader) -> Result<UpstreamConfig, Reported> {
     let max_prepared = r.int("upstream.max_prepared_statements", 1, 100_000, 200);
     let allow_bypass = r.boolean("upstream.allow_rls_bypassing_role", false);
     let per_tenant = per_tenant_cap(r, pool_size.as_ref().ok().copied());
+    let binding_modes = [
+        ("disable", ChannelBindingMode::Disable),
+        ("prefer", ChannelBindingMode::Prefer),
+        ("require", ChannelBindingMode::Require),
+    ];
+    let mut channel_binding = r.choice("upstream.channel_binding", &binding_modes, ChannelBindingMode::Prefer);
+    if let (Ok(Disable), Ok(ChannelBindingMode::Require)) = (&tls, &channel_binding) {
+        let msg = "\"require\" needs TLS, but upstream.tls = \"disable\"";
+        channel_binding = Err(r.fail("upstream.channel_binding", msg));
+    }
     if let (Ok(VerifyFull), Ok(None)) = (&tls, &tls_ca_file) {
         let msg = "required when upstream.tls = \"verify-full\"";
         tls_ca_file = Err(r.fail("upstream.tls_ca_file", msg));
@@ -378,6 +401,7 @@ fn upstream(r: &mut Reader) -> Result<UpstreamConfig, Reported> {
         max_prepared_statements: max_prepared? as usize,
         allow_rls_bypassing_role: allow_bypass?,
         max_connections_per_tenant: per_tenant?,
+        channel_binding: channel_binding?,
     })
 }
 
@@ -871,6 +895,7 @@ hs_secret_env = "TEST_JWT_SECRET"
         assert_eq!(cfg.listen.tls_reload_interval, Duration::from_secs(60));
         let up = &cfg.upstream;
         assert_eq!(up.max_connections_per_tenant, 15, "three quarters of the pool of 20");
+        assert_eq!(up.channel_binding, ChannelBindingMode::Prefer);
         assert_eq!(
             (up.host.as_str(), up.port, up.database.as_str(), up.user.as_str()),
             ("127.0.0.1", 5432, "app", "app_user")
@@ -896,6 +921,11 @@ hs_secret_env = "TEST_JWT_SECRET"
         assert_eq!(cfg.upstream.max_connections_per_tenant, 6);
         let vars = [("PGTENANT_UPSTREAM_POOL_SIZE", "4"), ("PGTENANT_UPSTREAM_MAX_CONNECTIONS_PER_TENANT", "5")];
         assert_eq!(fx.errors(MINIMAL, &vars), vec!["upstream.max_connections_per_tenant (from PGTENANT_UPSTREAM_MAX_CONNECTIONS_PER_TENANT): must not exceed upstream.pool_size (4)"]);
+        let no_tls = [("PGTENANT_UPSTREAM_TLS", "disable"), ("PGTENANT_UPSTREAM_CHANNEL_BINDING", "require")];
+        assert!(has(
+            &fx.errors(MINIMAL, &no_tls),
+            "upstream.channel_binding (from PGTENANT_UPSTREAM_CHANNEL_BINDING): \"require\" needs TLS"
+        ));
         let small = [("PGTENANT_LISTEN_MAX_MESSAGE_BYTES", "1000")];
         assert!(has(&fx.errors(MINIMAL, &small), "expected an integer between 65536 and 1073741824"));
     }

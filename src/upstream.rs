@@ -1,6 +1,7 @@
 //! The PostgreSQL side of the proxy: logging in as `upstream.user` and the
 //! pool of server connections. Never imports `session`.
 
+pub mod binding;
 pub mod connect;
 pub mod gate;
 pub mod pool;

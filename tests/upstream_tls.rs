@@ -159,3 +159,48 @@ async fn require_fails_against_a_server_without_ssl_and_prefer_falls_back() {
     assert_eq!(err.code(), "08006");
     assert!(err.message().contains("does not support TLS"), "{}", err.message());
 }
+
+#[tokio::test]
+async fn scram_is_bound_to_the_tls_session() {
+    let pg = PgCluster::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    enable_ssl(&pg, certs.path()).await;
+    // By default (prefer) the SCRAM exchange over TLS is channel-bound.
+    let prefer = Proxy::start(&pg, ProxyOptions::default().set("upstream", "tls", "\"require\"")).await;
+    assert_eq!(ssl_in_use(&prefer).await, "true");
+    assert!(prefer.log().contains("auth=\"SCRAM-SHA-256-PLUS\""), "{}", prefer.log());
+    // With require, the server verified the binding (a wrong certificate hash fails the login).
+    let require =
+        ProxyOptions::default().set("upstream", "tls", "\"require\"").set("upstream", "channel_binding", "\"require\"");
+    let require = Proxy::start(&pg, require).await;
+    assert_eq!(ssl_in_use(&require).await, "true");
+    // Disabled, the plain mechanism is used.
+    let disable =
+        ProxyOptions::default().set("upstream", "tls", "\"require\"").set("upstream", "channel_binding", "\"disable\"");
+    let disable = Proxy::start(&pg, disable).await;
+    assert_eq!(ssl_in_use(&disable).await, "true");
+    assert!(disable.log().contains("auth=\"SCRAM-SHA-256\""), "{}", disable.log());
+}
+
+#[tokio::test]
+async fn channel_binding_require_refuses_logins_that_cannot_bind() {
+    let pg = PgCluster::start().await;
+    // No SSL on the server: tls = prefer falls back to plaintext, where nothing can bind.
+    let plain =
+        ProxyOptions::default().set("upstream", "tls", "\"prefer\"").set("upstream", "channel_binding", "\"require\"");
+    let proxy = Proxy::start(&pg, plain).await;
+    let mut c = RawClient::connect(proxy.port()).await;
+    let err = c.login("anyname", "app", &proxy.token(TENANT_A)).await.unwrap_err();
+    assert_eq!(err.code(), "08006");
+    assert!(err.message().contains("the connection does not use TLS"), "{}", err.message());
+    // An md5 login cannot bind either.
+    let md5 = ProxyOptions::default()
+        .upstream_user("md5_user")
+        .set("upstream", "password", format!("\"{}\"", pg.md5_password()))
+        .set("upstream", "tls", "\"prefer\"")
+        .set("upstream", "channel_binding", "\"require\"");
+    let proxy = Proxy::start(&pg, md5).await;
+    let mut c = RawClient::connect(proxy.port()).await;
+    let err = c.login("anyname", "app", &proxy.token(TENANT_A)).await.unwrap_err();
+    assert!(err.message().contains("asked for an md5 password instead of SCRAM"), "{}", err.message());
+}

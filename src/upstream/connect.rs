@@ -14,7 +14,7 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::config::{UpstreamConfig, UpstreamTls};
+use crate::config::{ChannelBindingMode, UpstreamConfig, UpstreamTls};
 use crate::net::{MaybeTls, ServerStream};
 use crate::wire::{error, frame};
 
@@ -159,8 +159,14 @@ impl Connector {
             settings: BTreeMap::new(),
             last_client: 0,
         };
-        conn.login(&self.cfg).await?;
+        let method = conn.login(&self.cfg).await?;
         super::role::check(&mut conn, &self.cfg).await?;
+        tracing::info!(
+            upstream_pid = conn.key.0,
+            tls = conn.stream.is_tls(),
+            auth = method,
+            "server connection opened"
+        );
         Ok(conn)
     }
 
@@ -244,12 +250,13 @@ impl ServerConn {
         !matches!(std::pin::Pin::new(&mut self.stream).poll_read(&mut cx, &mut buf), Poll::Pending)
     }
 
-    async fn login(&mut self, cfg: &UpstreamConfig) -> Result<(), UpstreamError> {
+    /// Logs in; returns the authentication method used, for the log.
+    async fn login(&mut self, cfg: &UpstreamConfig) -> Result<&'static str, UpstreamError> {
         let mut out = BytesMut::new();
         let params = [("user", cfg.user.as_str()), ("database", cfg.database.as_str())];
         frontend::startup_message(params, &mut out)?;
         self.write_all(&out).await?;
-        self.authenticate(cfg).await?;
+        let method = self.authenticate(cfg).await?;
         loop {
             let (tag, body) = self.read_message().await?;
             match tag {
@@ -257,7 +264,7 @@ impl ServerConn {
                 b'K' if body.len() == 8 => {
                     self.key = ((&body[..4]).get_i32(), (&body[4..]).get_i32());
                 }
-                b'Z' => return Ok(()),
+                b'Z' => return Ok(method),
                 b'N' => {}
                 b'E' => return Err(UpstreamError::Refused(error_text(&body))),
                 other => return Err(unexpected(other)),
@@ -265,8 +272,9 @@ impl ServerConn {
         }
     }
 
-    async fn authenticate(&mut self, cfg: &UpstreamConfig) -> Result<(), UpstreamError> {
+    async fn authenticate(&mut self, cfg: &UpstreamConfig) -> Result<&'static str, UpstreamError> {
         let password = cfg.password.as_deref().unwrap_or("");
+        let mut used = "trust";
         loop {
             let (tag, body) = self.read_message().await?;
             match tag {
@@ -280,31 +288,62 @@ impl ServerConn {
                 return Err(UpstreamError::Protocol("short authentication message".into()));
             }
             let mut out = BytesMut::new();
-            match body.get_i32() {
-                0 => return Ok(()),
-                3 => frontend::password_message(password.as_bytes(), &mut out)?,
+            let method = body.get_i32();
+            if cfg.channel_binding == ChannelBindingMode::Require && method != 10 {
+                return Err(UpstreamError::Refused(format!(
+                    "upstream.channel_binding = \"require\", but the server asked for {} instead of SCRAM",
+                    method_name(method)
+                )));
+            }
+            match method {
+                0 => return Ok(used),
+                3 => {
+                    used = "password";
+                    frontend::password_message(password.as_bytes(), &mut out)?
+                }
                 5 if body.len() == 4 => {
                     let salt = [body[0], body[1], body[2], body[3]];
                     let hash =
                         postgres_protocol::authentication::md5_hash(cfg.user.as_bytes(), password.as_bytes(), salt);
                     frontend::password_message(hash.as_bytes(), &mut out)?;
+                    used = "md5";
                 }
-                10 => return self.scram(password, &body).await,
+                10 => return self.scram(password, &body, cfg.channel_binding).await,
                 code => return Err(UpstreamError::Refused(format!("unsupported authentication method {code}"))),
             }
             self.write_all(&out).await?;
         }
     }
 
-    async fn scram(&mut self, password: &str, mechanisms: &[u8]) -> Result<(), UpstreamError> {
-        if !mechanisms.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256") {
-            return Err(UpstreamError::Refused("server offers no SCRAM-SHA-256".into()));
-        }
-        // Channel binding upstream is not implemented yet; `unsupported` is
-        // what PostgreSQL accepts both with and without TLS.
-        let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+    async fn scram(
+        &mut self,
+        password: &str,
+        mechanisms: &[u8],
+        mode: ChannelBindingMode,
+    ) -> Result<&'static str, UpstreamError> {
+        let offered = |name: &[u8]| mechanisms.split(|&b| b == 0).any(|m| m == name);
+        let binding = match mode {
+            ChannelBindingMode::Disable => None,
+            _ if !offered(b"SCRAM-SHA-256-PLUS") => None,
+            _ => self.server_end_point(),
+        };
+        let (mechanism, binding) = match binding {
+            Some(data) => ("SCRAM-SHA-256-PLUS", ChannelBinding::tls_server_end_point(data)),
+            None if mode == ChannelBindingMode::Require => {
+                let why = match self.stream.is_tls() {
+                    true => "the server offers no SCRAM-SHA-256-PLUS for its certificate",
+                    false => "the connection does not use TLS",
+                };
+                return Err(UpstreamError::Refused(format!("upstream.channel_binding = \"require\", but {why}")));
+            }
+            // `unsupported` (not `unrequested`): PostgreSQL rejects the
+            // latter over TLS as a possible downgrade.
+            None if offered(b"SCRAM-SHA-256") => ("SCRAM-SHA-256", ChannelBinding::unsupported()),
+            None => return Err(UpstreamError::Refused("server offers no SCRAM-SHA-256".into())),
+        };
+        let mut scram = ScramSha256::new(password.as_bytes(), binding);
         let mut out = BytesMut::new();
-        frontend::sasl_initial_response("SCRAM-SHA-256", scram.message(), &mut out)?;
+        frontend::sasl_initial_response(mechanism, scram.message(), &mut out)?;
         self.write_all(&out).await?;
         let server_first = self.expect_auth(11).await?;
         scram.update(&server_first)?;
@@ -313,7 +352,14 @@ impl ServerConn {
         self.write_all(&out).await?;
         let server_final = self.expect_auth(12).await?;
         scram.finish(&server_final)?;
-        self.expect_auth(0).await.map(|_| ())
+        self.expect_auth(0).await.map(|_| mechanism)
+    }
+
+    /// Channel binding data for the server's TLS certificate, if any.
+    fn server_end_point(&self) -> Option<Vec<u8>> {
+        let MaybeTls::Tls(tls) = &self.stream else { return None };
+        let cert = tls.get_ref().1.peer_certificates()?.first()?;
+        super::binding::tls_server_end_point(cert)
     }
 
     async fn expect_auth(&mut self, code: i32) -> Result<Bytes, UpstreamError> {
@@ -323,6 +369,15 @@ impl ServerConn {
             b'E' => Err(UpstreamError::Refused(error_text(&body))),
             _ => Err(UpstreamError::Protocol(format!("expected authentication step {code}"))),
         }
+    }
+}
+
+fn method_name(code: i32) -> String {
+    match code {
+        0 => "no authentication (trust)".into(),
+        3 => "a cleartext password".into(),
+        5 => "an md5 password".into(),
+        other => format!("authentication method {other}"),
     }
 }
 
