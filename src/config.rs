@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 
-use crate::auth::tenant::TenantFormat;
+use crate::auth::tenant::{TenantFormat, TenantId};
 
 /// Prefix of environment variables that can override file settings.
 pub const ENV_PREFIX: &str = "PGTENANT_";
@@ -20,13 +20,14 @@ pub const MIN_HS_SECRET_LEN: usize = 32;
 const SCHEMA: &[(&str, &str)] = &[
     ("listen", "addr tls_cert tls_key allow_plaintext_auth max_client_conn startup_timeout_seconds"),
     ("listen", "max_message_bytes login_failures_before_backoff login_backoff_max_seconds tls_reload_seconds"),
+    ("listen", "shutdown_timeout_seconds"),
     ("upstream", "host port database user password password_env pool_size tls tls_ca_file"),
     ("upstream", "connect_timeout_seconds pool_timeout_seconds max_prepared_statements allow_rls_bypassing_role"),
     ("upstream", "max_connections_per_tenant channel_binding"),
     ("auth", "algorithms hs_secret_env hs_secret public_key_file jwks_file jwks_url"),
     ("auth", "tenant_claim tenant_format issuer audience leeway_seconds"),
     ("tenant", "setting mode signing_key_env signing_key_file"),
-    ("http", "addr"),
+    ("http", "addr canary_tenant canary_query ready_check_seconds tenant_metrics_top tenant_metrics_all"),
 ];
 
 /// Keys whose values must never be echoed in error messages.
@@ -74,6 +75,8 @@ pub struct ListenConfig {
     pub login_backoff_max: Duration,
     /// How often the TLS certificate files are checked for changes; zero turns it off.
     pub tls_reload_interval: Duration,
+    /// How long open transactions may run on after SIGTERM before clients are cut off.
+    pub shutdown_timeout: Duration,
 }
 
 /// PEM files for the client-facing TLS listener (resolved, readable at load time).
@@ -195,6 +198,17 @@ pub enum TenantMode {
 pub struct HttpConfig {
     /// Address of the health/metrics endpoint.
     pub addr: SocketAddr,
+    /// A tenant with seed rows that `/ready` queries through the injection path.
+    pub canary_tenant: Option<TenantId>,
+    /// The canary query: must count more than zero rows for the canary
+    /// tenant, and zero with no tenant set.
+    pub canary_query: String,
+    /// How often readiness is checked.
+    pub ready_check_interval: Duration,
+    /// Tenants (by transaction count) that get their own transaction counter.
+    pub tenant_metrics_top: usize,
+    /// Every tenant gets its own transaction counter (unbounded label values).
+    pub tenant_metrics_all: bool,
 }
 
 /// One configuration problem.
@@ -310,7 +324,7 @@ fn build(r: &mut Reader) -> Result<Config, Reported> {
     let upstream = upstream(r);
     let auth = auth(r);
     let tenant = tenant(r);
-    let http = r.socket_addr("http.addr", 9930).map(|addr| HttpConfig { addr });
+    let http = http(r, auth.as_ref().ok().map(|a| a.tenant_format));
     if let (Ok(l), Ok(h)) = (&listen, &http) {
         if l.addr == h.addr {
             r.fail("http.addr", "must differ from listen.addr");
@@ -318,6 +332,30 @@ fn build(r: &mut Reader) -> Result<Config, Reported> {
     }
     let (listen, upstream, auth, tenant, http) = (listen?, upstream?, auth?, tenant?, http?);
     Ok(Config { listen, upstream, auth, tenant, http })
+}
+
+fn http(r: &mut Reader, format: Option<TenantFormat>) -> Result<HttpConfig, Reported> {
+    let addr = r.socket_addr("http.addr", 9930);
+    let canary_tenant = match (r.opt_string("http.canary_tenant"), format) {
+        (Ok(Some(raw)), Some(format)) => TenantId::parse(&raw, format)
+            .map(Some)
+            .map_err(|e| r.fail("http.canary_tenant", format!("not a valid tenant id for auth.tenant_format: {e}"))),
+        (Ok(_), None) => Err(Reported),
+        (Ok(None), _) => Ok(None),
+        (Err(e), _) => Err(e),
+    };
+    let canary_query = r.string_or("http.canary_query", "SELECT count(*) FROM tenant_config");
+    let ready_check = r.int("http.ready_check_seconds", 1, 3600, 5);
+    let top = r.int("http.tenant_metrics_top", 0, 1000, 10);
+    let all = r.boolean("http.tenant_metrics_all", false);
+    Ok(HttpConfig {
+        addr: addr?,
+        canary_tenant: canary_tenant?,
+        canary_query: canary_query?,
+        ready_check_interval: seconds(ready_check?),
+        tenant_metrics_top: top? as usize,
+        tenant_metrics_all: all?,
+    })
 }
 
 fn listen(r: &mut Reader) -> Result<ListenConfig, Reported> {
@@ -331,6 +369,7 @@ fn listen(r: &mut Reader) -> Result<ListenConfig, Reported> {
     let failures = r.int("listen.login_failures_before_backoff", 1, 1_000_000, 5);
     let backoff_max = r.int("listen.login_backoff_max_seconds", 0, 60, 5);
     let tls_reload = r.int("listen.tls_reload_seconds", 0, 86_400, 60);
+    let shutdown = r.int("listen.shutdown_timeout_seconds", 0, 3600, 30);
     Ok(ListenConfig {
         addr: addr?,
         tls: tls?,
@@ -341,6 +380,7 @@ fn listen(r: &mut Reader) -> Result<ListenConfig, Reported> {
         login_failures_before_backoff: failures? as u32,
         login_backoff_max: seconds(backoff_max?),
         tls_reload_interval: seconds(tls_reload?),
+        shutdown_timeout: seconds(shutdown?),
     })
 }
 
@@ -910,6 +950,25 @@ hs_secret_env = "TEST_JWT_SECRET"
         assert_eq!((auth.issuer.clone(), auth.audience.clone(), auth.leeway), (None, None, 30));
         assert_eq!(cfg.tenant, TenantConfig { setting: "app.current_tenant_id".into(), mode: TenantMode::Plain });
         assert_eq!(cfg.http.addr, "127.0.0.1:9930".parse().unwrap());
+        assert_eq!(
+            (cfg.http.canary_tenant.clone(), cfg.http.canary_query.as_str()),
+            (None, "SELECT count(*) FROM tenant_config")
+        );
+        assert_eq!((cfg.http.tenant_metrics_top, cfg.http.tenant_metrics_all), (10, false));
+        assert_eq!(cfg.listen.shutdown_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn canary_tenant_must_fit_the_tenant_format() {
+        let fx = Fixture::new();
+        let bad = [("PGTENANT_HTTP_CANARY_TENANT", "not-a-uuid")];
+        assert!(has(
+            &fx.errors(MINIMAL, &bad),
+            "http.canary_tenant (from PGTENANT_HTTP_CANARY_TENANT): not a valid tenant id"
+        ));
+        let good = [("PGTENANT_HTTP_CANARY_TENANT", "6F1C0E0A-0000-4000-8000-000000000001")];
+        let cfg = fx.load(MINIMAL, &good).unwrap();
+        assert_eq!(cfg.http.canary_tenant.unwrap().as_str(), "6f1c0e0a-0000-4000-8000-000000000001");
     }
 
     #[test]

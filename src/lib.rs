@@ -14,6 +14,7 @@
 //! - [`auth`]: JWT verification and the validated [`auth::tenant::TenantId`].
 //! - [`sql`]: the SQL lexer and statement inspector (pure).
 //! - [`wire`]: protocol framing and message builders (pure).
+//! - [`http`], [`health`], [`metrics`]: `/metrics`, `/health`, `/ready`.
 //! - [`cancel`], [`tls`], [`net`]: cancel keys, rustls configuration, TCP-or-TLS streams.
 //!
 //! `wire` and `sql` never import the networking modules, and `upstream`
@@ -24,6 +25,9 @@
 pub mod auth;
 pub mod cancel;
 pub mod config;
+pub mod health;
+pub mod http;
+pub mod metrics;
 pub mod net;
 pub mod server;
 pub mod session;

@@ -11,6 +11,8 @@ use tokio::sync::Semaphore;
 use crate::auth::jwt::Verifier;
 use crate::cancel::Registry;
 use crate::config::{Config, UpstreamTls};
+use crate::health::Health;
+use crate::metrics::Tenants;
 use crate::session::backoff::LoginBackoff;
 use crate::session::login::{self, Outcome};
 use crate::session::{client, Fatal};
@@ -37,6 +39,10 @@ pub struct Shared {
     pub prepared: crate::session::prepared::Registry,
     /// Failed-login counts per client address.
     pub backoff: LoginBackoff,
+    /// Readiness and drain state.
+    pub health: Health,
+    /// Per-tenant client and transaction counts.
+    pub tenants: Arc<Tenants>,
 }
 
 impl Shared {
@@ -57,18 +63,33 @@ impl Shared {
         let cancel = Registry::new(pool.upstream_addr());
         let inspector = Inspector::new(&config.tenant.setting);
         let backoff = LoginBackoff::new(config.listen.login_failures_before_backoff, config.listen.login_backoff_max);
-        Ok(Shared { config, verifier, inspector, pool, cancel, tls, prepared: Default::default(), backoff })
+        Ok(Shared {
+            config,
+            verifier,
+            inspector,
+            pool,
+            cancel,
+            tls,
+            prepared: Default::default(),
+            backoff,
+            health: Health::default(),
+            tenants: Arc::default(),
+        })
     }
 }
 
 /// Runs the proxy until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let handle = crate::metrics::install()?;
     let shared = Arc::new(Shared::new(config)?);
     let listener = TcpListener::bind(shared.config.listen.addr)
         .await
         .with_context(|| format!("binding {}", shared.config.listen.addr))?;
+    tokio::spawn(crate::http::bind(shared.clone(), handle.clone()).await?);
+    tokio::spawn(upkeep(handle));
     tracing::info!(addr = %shared.config.listen.addr, "pgtenant listening");
     tokio::spawn(check_upstream(shared.clone()));
+    tokio::spawn(crate::health::watch(shared.clone()));
     if let (Some(tls), interval) = (&shared.tls, shared.config.listen.tls_reload_interval) {
         if !interval.is_zero() {
             tokio::spawn(tls.clone().watch(interval));
@@ -94,6 +115,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Drains the recorder's histogram buffers now and then, so memory stays
+/// flat between scrapes.
+async fn upkeep(handle: metrics_exporter_prometheus::PrometheusHandle) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        handle.run_upkeep();
+    }
+}
+
 /// Connects once at startup so a bad upstream (unreachable, wrong password,
 /// a role that bypasses RLS) is in the log before the first client comes.
 async fn check_upstream(shared: Arc<Shared>) {
@@ -112,6 +142,7 @@ fn accept(shared: Arc<Shared>, limit: &Arc<Semaphore>, tcp: TcpStream, peer: Soc
     tokio::spawn(async move {
         let Ok(_permit) = permit else {
             let mut tcp = tcp;
+            crate::metrics::login_failed("too_many_clients");
             Fatal::new("53300", "sorry, too many clients already").send(&mut tcp).await;
             return;
         };
@@ -122,13 +153,41 @@ fn accept(shared: Arc<Shared>, limit: &Arc<Semaphore>, tcp: TcpStream, peer: Soc
 async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     let timeout = shared.config.listen.startup_timeout;
     match tokio::time::timeout(timeout, login::handshake(tcp, peer, &shared)).await {
-        Err(_) => tracing::info!(%peer, "client did not finish startup in time; disconnected"),
+        Err(_) => {
+            crate::metrics::login_failed("timeout");
+            tracing::info!(%peer, "client did not finish startup in time; disconnected")
+        }
         // A peer that leaves during startup (a port probe, a health check) is not worth a warning.
         Ok(Err(fatal)) if fatal.code == "08006" => {
             tracing::debug!(%peer, message = %fatal.message, "client left during startup")
         }
-        Ok(Err(fatal)) => tracing::warn!(%peer, code = fatal.code, message = %fatal.message, "login refused"),
+        Ok(Err(fatal)) => {
+            crate::metrics::login_failed(failure_reason(&fatal));
+            tracing::warn!(%peer, code = fatal.code, message = %fatal.message, "login refused")
+        }
         Ok(Ok(Outcome::Done)) => {}
-        Ok(Ok(Outcome::LoggedIn(logged))) => client::run(shared, *logged, peer).await,
+        Ok(Ok(Outcome::LoggedIn(logged))) => {
+            crate::metrics::login_ok();
+            client::run(shared, *logged, peer).await
+        }
+    }
+}
+
+/// A bounded label for a refused login, from its SQLSTATE and message.
+fn failure_reason(fatal: &Fatal) -> &'static str {
+    let says = |text: &str| fatal.message.contains(text);
+    match fatal.code {
+        "28P01" if says("expired") => "token_expired",
+        "28P01" if says("signature") => "token_signature",
+        "28P01" if says("issuer") || says("audience") => "token_issuer_audience",
+        "28P01" if says("tenant") => "token_tenant_claim",
+        "28P01" if says("algorithm") => "token_algorithm",
+        "28P01" => "token_invalid",
+        "28000" if says("TLS") => "tls_required",
+        "28000" => "startup",
+        "3D000" => "unknown_database",
+        "42501" => "forbidden_parameter",
+        "08P01" => "protocol",
+        _ => "other",
     }
 }

@@ -29,6 +29,7 @@ use super::params::Settings;
 use super::prepared::{self, ClientStatements, Statement};
 use super::Fatal;
 use crate::cancel::{Registration, ServerKey};
+use crate::metrics::ClientGuard;
 use crate::net::ClientStream;
 use crate::server::Shared;
 use crate::sql::inspect::TxControl;
@@ -69,6 +70,10 @@ pub struct Session {
     tenant_select: Arc<Statement>,
     /// This client's tenant as the pool knows it (per-tenant cap, fair turns).
     owner: Owner,
+    /// Counts this client in its tenant's metrics while it is connected.
+    counted: ClientGuard,
+    /// When the attached server connection was taken from the pool.
+    attached_at: Instant,
     cancel: Registration,
     /// Extended-protocol messages were sent since the last Sync.
     unit_open: bool,
@@ -167,10 +172,9 @@ impl Session {
         build::backend_key_data(&mut cout, cancel.pid, cancel.secret);
         build::ready_for_query(&mut cout, IDLE);
         let scs = !params.iter().any(|(k, v)| k == "standard_conforming_strings" && v == "off");
-        // Both the setting name (validated by config) and the tenant
-        // (TenantId's charset) are safe to embed without escaping.
         let setting = shared.config.tenant.setting.clone();
-        let stmt = format!("SET LOCAL {setting} = '{}'", tenant.as_str());
+        let stmt = inject::set_local(&setting, &tenant);
+        let counted = shared.tenants.connect(tenant.as_str());
         tracing::info!(%peer, user = %user, tenant = %tenant.as_str(), tls = stream.is_tls(), "client logged in");
         let shared_leeway = shared.config.auth.leeway;
         Ok(Session {
@@ -188,6 +192,8 @@ impl Session {
             tenant: Bytes::copy_from_slice(tenant.as_str().as_bytes()),
             tenant_select: Arc::new(prepared::tenant_statement(&setting)),
             owner: Owner::tenant(&tenant),
+            counted,
+            attached_at: Instant::now(),
             cancel,
             unit_open: false,
             unit_tx: false,
@@ -318,6 +324,7 @@ impl Session {
         let (pid, secret) = pooled.conn.key;
         *self.cancel.slot.lock().await = Some(ServerKey { pid, secret });
         self.server = Some(pooled);
+        self.attached_at = Instant::now();
         self.server_status = IDLE;
         self.unnamed_on_server = false;
         self.sync_settings();
@@ -325,6 +332,7 @@ impl Session {
     }
 
     fn on_query(&mut self, msg: Bytes) -> Result<(), Fatal> {
+        crate::metrics::hot().queries.increment(1);
         let sql = match frame::cstr(&msg[frame::HEADER_LEN..]) {
             Some((sql, b"")) => msg.slice(frame::HEADER_LEN..frame::HEADER_LEN + sql.len()),
             _ => return Err(Fatal::new("08P01", "invalid Query message")),
@@ -381,6 +389,7 @@ impl Session {
             }
             (b'F', _) => {
                 let refused = fastpath_refusal();
+                crate::metrics::statement_refused(refused.kind);
                 build::error_response(
                     &mut self.cout,
                     build::Severity::Error,
@@ -466,6 +475,7 @@ impl Session {
             return;
         }
         if let Some(pooled) = self.server.take() {
+            self.count_transaction();
             *self.cancel.slot.lock().await = None;
             if pooled.conn.rbuf.is_empty() && !std::mem::take(&mut self.dirty) {
                 self.shared.pool.checkin(pooled);
@@ -476,10 +486,15 @@ impl Session {
     async fn wait_event(&mut self) -> Result<Event, Fatal> {
         let read_client = !has_whole_message(&self.cin) || self.cin.len() < HIGH_WATER;
         let read_server = self.cout.len() < HIGH_WATER;
+        let hot = crate::metrics::hot();
         poll_fn(|cx| {
             let mut wrote = false;
+            let pending = self.cout.len();
             wrote |= drive_write(cx, &mut self.client, &mut self.cout, &mut self.client_unflushed)
                 .map_err(|_| Fatal::new("08006", "client connection lost"))?;
+            if wrote {
+                hot.bytes_out.increment((pending - self.cout.len()) as u64);
+            }
             if let Some(server) = self.server.as_mut() {
                 wrote |= drive_write(cx, &mut server.conn.stream, &mut self.sout, &mut self.server_unflushed)
                     .map_err(|_| server_lost())?;
@@ -496,7 +511,10 @@ impl Session {
                 reserve(&mut self.cin);
                 match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cin) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ok(Event::ClientEof)),
-                    Poll::Ready(Ok(_)) => return Poll::Ready(Ok(Event::ClientData)),
+                    Poll::Ready(Ok(n)) => {
+                        hot.bytes_in.increment(n as u64);
+                        return Poll::Ready(Ok(Event::ClientData));
+                    }
                     Poll::Pending => {}
                 }
             }
@@ -515,6 +533,7 @@ impl Session {
     async fn finish(&mut self) {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.flush_client()).await;
         let Some(pooled) = self.server.take() else { return };
+        self.count_transaction();
         *self.cancel.slot.lock().await = None;
         let settled = self.changed.is_empty() && !self.reset_all && self.sout.is_empty();
         let clean =
@@ -530,6 +549,14 @@ impl Session {
         }
         tracing::info!(peer = %self.peer, "closing a server connection left mid-transaction");
         drop(pooled);
+    }
+
+    /// A server connection goes back: one transaction, for the metrics.
+    fn count_transaction(&self) {
+        let hot = crate::metrics::hot();
+        hot.transactions.increment(1);
+        hot.transaction_seconds.record(self.attached_at.elapsed().as_secs_f64());
+        self.counted.stats().transaction();
     }
 
     async fn flush_client(&mut self) {
@@ -598,5 +625,6 @@ fn unix_now() -> u64 {
 }
 
 fn fastpath_refusal() -> Refused {
-    Refused::privilege("the fastpath function call interface is not supported by pgtenant".into())
+    let message = "the fastpath function call interface is not supported by pgtenant".into();
+    Refused { kind: "fastpath", ..Refused::privilege(message) }
 }

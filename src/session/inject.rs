@@ -10,6 +10,7 @@
 
 use bytes::Bytes;
 
+use crate::auth::tenant::TenantId;
 use crate::sql::inspect::{Inspection, SessionEffect, Statement, TxControl};
 
 /// A statement that always fails with SQLSTATE 22P02, with no side effects.
@@ -22,6 +23,8 @@ pub const STAND_IN_SQLSTATE: &[u8] = b"22P02";
 /// The error a client sees in place of a stand-in's error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
+    /// What kind of statement it was, as a metrics label.
+    pub kind: &'static str,
     /// SQLSTATE to report.
     pub code: &'static str,
     /// Message to report.
@@ -34,12 +37,13 @@ impl Refused {
     /// A refusal of a statement that tries to change a protected setting.
     pub fn privilege(message: String) -> Refused {
         let hint = "the tenant comes from your token; connect with another token to act as another tenant";
-        Refused { code: "42501", message, hint: Some(hint) }
+        Refused { kind: "tenant_setting", code: "42501", message, hint: Some(hint) }
     }
 
     /// Session state that cannot work in transaction pooling.
     pub fn pooling(what: &str, hint: &'static str) -> Refused {
         Refused {
+            kind: "session_state",
             code: "0A000",
             message: format!("{what} is not supported through pgtenant (transaction pooling)"),
             hint: Some(hint),
@@ -49,6 +53,7 @@ impl Refused {
     /// A statement the proxy could not lex: PostgreSQL would reject it too.
     pub fn unparsable() -> Refused {
         Refused {
+            kind: "unparsable",
             code: "42601",
             message: "pgtenant could not parse this statement (unterminated quote, comment or dollar quote)".into(),
             hint: None,
@@ -95,6 +100,13 @@ pub struct PositionMap {
     orig: Bytes,
 }
 
+/// The simple-protocol tenant statement: `SET LOCAL <setting> = '<tenant>'`.
+/// Quoting is safe: the setting name is validated by the configuration and
+/// tenant ids are uuids or `[A-Za-z0-9_.:@-]`, never a quote.
+pub fn set_local(setting: &str, tenant: &TenantId) -> Vec<u8> {
+    format!("SET LOCAL {setting} = '{}'", tenant.as_str()).into_bytes()
+}
+
 /// Why a statement must not run, if it must not: it changes a protected
 /// setting (42501), or it creates session state that would silently vanish
 /// when the client's next transaction runs on another server connection
@@ -110,7 +122,7 @@ pub fn refusal(st: &Statement) -> Option<Refused> {
     }
     if let Some(SessionEffect::Deallocate { name: Some(name) }) = &st.session {
         let message = format!("prepared statement \"{name}\" does not exist");
-        return Some(Refused { code: "26000", message, hint: None });
+        return Some(Refused { kind: "unknown_statement", code: "26000", message, hint: None });
     }
     let (what, hint) = match st.session.as_ref()? {
         SessionEffect::Prepare { .. } => ("SQL PREPARE", "use your driver's protocol-level prepared statements"),

@@ -351,6 +351,7 @@ fn error_action(owner: &Owner, body: &[u8], map: Option<&PositionMap>) -> Action
     let Some(fields) = error::fields(body) else { return Action::Forward };
     if let Owner::StandIn(refused) = owner {
         if error::field(&fields, b'C') == Some(STAND_IN_SQLSTATE) {
+            crate::metrics::statement_refused(refused.kind);
             let mut out = BytesMut::new();
             build::error_response(&mut out, build::Severity::Error, refused.code, &refused.message, refused.hint);
             return Action::Replace(out);

@@ -70,6 +70,8 @@ pub struct ServerConn {
     pub settings: BTreeMap<String, String>,
     /// Which client used the connection last (an opaque id; 0 for none).
     pub last_client: u64,
+    /// How it logged in (`SCRAM-SHA-256-PLUS`, `md5`, ...), for the log.
+    pub method: &'static str,
 }
 
 /// The proxy-named statements prepared on one server connection, with
@@ -145,7 +147,13 @@ impl Connector {
             .map_err(|_| UpstreamError::Timeout)?
     }
 
-    async fn connect_inner(&self) -> Result<ServerConn, UpstreamError> {
+    /// Opens and logs in one server connection without the role check, for
+    /// the readiness checker, which reports the role's problems itself.
+    pub async fn connect_unchecked(&self) -> Result<ServerConn, UpstreamError> {
+        tokio::time::timeout(self.cfg.connect_timeout, self.open()).await.map_err(|_| UpstreamError::Timeout)?
+    }
+
+    async fn open(&self) -> Result<ServerConn, UpstreamError> {
         let tcp = TcpStream::connect((self.cfg.host.as_str(), self.cfg.port)).await?;
         tcp.set_nodelay(true)?;
         let stream = self.negotiate_tls(tcp).await?;
@@ -158,13 +166,19 @@ impl Connector {
             prepared: PreparedCache::default(),
             settings: BTreeMap::new(),
             last_client: 0,
+            method: "",
         };
-        let method = conn.login(&self.cfg).await?;
+        conn.method = conn.login(&self.cfg).await?;
+        Ok(conn)
+    }
+
+    async fn connect_inner(&self) -> Result<ServerConn, UpstreamError> {
+        let mut conn = self.open().await?;
         super::role::check(&mut conn, &self.cfg).await?;
         tracing::info!(
             upstream_pid = conn.key.0,
             tls = conn.stream.is_tls(),
-            auth = method,
+            auth = conn.method,
             "server connection opened"
         );
         Ok(conn)

@@ -62,16 +62,21 @@ impl Pool {
     /// Waits up to `wait` for a slot for `owner`, then hands out an idle
     /// connection that is still alive, or opens a new one.
     pub async fn checkout(&self, owner: &Owner, wait: Duration) -> Result<Pooled, PoolError> {
+        let started = std::time::Instant::now();
         let permit = tokio::time::timeout(wait, self.inner.gate.acquire(owner.clone()))
             .await
             .map_err(|_| PoolError::Timeout(wait))?;
+        crate::metrics::hot().pool_wait_seconds.record(started.elapsed().as_secs_f64());
         while let Some(mut conn) = self.pop_idle() {
             if !conn.is_broken() {
                 return Ok(Pooled { conn, _permit: permit });
             }
             tracing::info!("discarding a broken idle server connection");
         }
-        let conn = self.inner.connector.connect().await?;
+        let conn = self.inner.connector.connect().await.inspect_err(|_| {
+            crate::metrics::hot().server_connect_failures.increment(1);
+        })?;
+        crate::metrics::hot().server_connects.increment(1);
         self.remember_params(&conn);
         Ok(Pooled { conn, _permit: permit })
     }
@@ -103,6 +108,11 @@ impl Pool {
     /// Number of idle connections (for tests and metrics).
     pub fn idle_count(&self) -> usize {
         self.inner.idle.lock().expect("pool lock").len()
+    }
+
+    /// The connector, for connections outside the pool (readiness checks).
+    pub fn connector(&self) -> &Connector {
+        &self.inner.connector
     }
 
     /// The upstream address, for cancel requests.

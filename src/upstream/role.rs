@@ -16,13 +16,7 @@ const CHECK_SQL: &str = "SELECT r.rolsuper, r.rolbypassrls, \
 /// Refuses a connection whose role can bypass RLS, unless the operator set
 /// `upstream.allow_rls_bypassing_role`, in which case it only warns.
 pub async fn check(conn: &mut ServerConn, cfg: &UpstreamConfig) -> Result<(), UpstreamError> {
-    let row = match conn.simple_query(CHECK_SQL).await? {
-        Ok(outcome) => outcome.first_row,
-        Err(e) => return Err(UpstreamError::UnsafeRole(format!("could not check upstream.user: {}", e.message))),
-    };
-    let Some(reasons) = row.as_deref().map(bypass_reasons) else {
-        return Err(UpstreamError::UnsafeRole("could not check upstream.user: no pg_roles row".into()));
-    };
+    let reasons = bypass_reasons_of(conn).await?;
     if reasons.is_empty() {
         return Ok(());
     }
@@ -35,6 +29,18 @@ pub async fn check(conn: &mut ServerConn, cfg: &UpstreamConfig) -> Result<(), Up
     }
     tracing::error!("{message}; refusing to serve");
     Err(UpstreamError::UnsafeRole(format!("{message}; pgtenant refuses to serve through it")))
+}
+
+/// Why the connection's role can bypass RLS; empty when it cannot. A check
+/// that cannot run is an error (fail closed).
+pub async fn bypass_reasons_of(conn: &mut ServerConn) -> Result<Vec<String>, UpstreamError> {
+    let row = match conn.simple_query(CHECK_SQL).await? {
+        Ok(outcome) => outcome.first_row,
+        Err(e) => return Err(UpstreamError::UnsafeRole(format!("could not check upstream.user: {}", e.message))),
+    };
+    row.as_deref()
+        .map(bypass_reasons)
+        .ok_or_else(|| UpstreamError::UnsafeRole("could not check upstream.user: no pg_roles row".into()))
 }
 
 /// Why the role in a check row can bypass RLS; empty when it cannot.

@@ -65,7 +65,10 @@ impl Session {
             self.unnamed_on_server = true;
         } else if self.statements.get(&name).is_some() {
             let message = format!("prepared statement \"{}\" already exists", String::from_utf8_lossy(&name));
-            self.stand_in_parse(prepared::REFUSED_NAME, Refused { code: "42P05", message, hint: None });
+            self.stand_in_parse(
+                prepared::REFUSED_NAME,
+                Refused { kind: "duplicate_statement", code: "42P05", message, hint: None },
+            );
         } else {
             stmt.id = self.shared.prepared.id_for(&stmt.text, &stmt.types);
             let stmt = Arc::new(stmt);
@@ -112,7 +115,10 @@ impl Session {
         } else {
             format!("prepared statement \"{}\" does not exist", String::from_utf8_lossy(name))
         };
-        self.stand_in_parse(prepared::REFUSED_NAME, Refused { code: "26000", message, hint: None });
+        self.stand_in_parse(
+            prepared::REFUSED_NAME,
+            Refused { kind: "unknown_statement", code: "26000", message, hint: None },
+        );
     }
 
     /// A named Parse outside any transaction needs no server: the statement is
@@ -238,6 +244,7 @@ impl Session {
     /// Execute; after one that ends a transaction, the steps that follow in
     /// the same unit run in a new transaction, which needs the tenant again.
     pub(super) fn on_execute(&mut self, msg: &Bytes) -> Result<(), Fatal> {
+        crate::metrics::hot().queries.increment(1);
         let (portal, _) =
             frame::cstr(&msg[frame::HEADER_LEN..]).ok_or_else(|| Fatal::new("08P01", "invalid Execute message"))?;
         self.forward_step(Step::Execute, msg, First::Plain);

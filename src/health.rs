@@ -1,0 +1,276 @@
+//! Readiness: is the upstream reachable, is the pooled role unable to bypass
+//! row-level security, does the RLS canary see its rows through the tenant
+//! injection path (and none without a tenant), and are we not draining?
+//!
+//! A background task re-checks on a dedicated server connection (not a pool
+//! slot: a busy pool is not a broken one) every `http.ready_check_seconds`;
+//! `/ready` reports the last result, so probes cost nothing upstream.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::server::Shared;
+use crate::session::inject;
+use crate::upstream::connect::{ServerConn, UpstreamError};
+use crate::upstream::role;
+
+/// The readiness verdict and what it is made of.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Readiness {
+    /// Whether `/ready` answers 200.
+    pub ready: bool,
+    /// The first failed check, in words; empty when ready.
+    pub reason: String,
+    /// Each check: `"ok"`, `"skipped: ..."` or why it failed.
+    pub checks: Checks,
+}
+
+/// The individual readiness checks.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Checks {
+    /// A server connection can be opened and used.
+    pub upstream: String,
+    /// `upstream.user` cannot bypass RLS (or the override is set).
+    pub role: String,
+    /// The canary tenant sees rows, and no tenant sees none.
+    pub canary: String,
+    /// Token verification keys are loaded.
+    pub keys: String,
+    /// Not draining.
+    pub draining: String,
+}
+
+/// Shared readiness state.
+#[derive(Debug)]
+pub struct Health {
+    last: Mutex<Readiness>,
+    draining: AtomicBool,
+}
+
+const PENDING: &str = "not checked yet";
+
+impl Default for Health {
+    fn default() -> Health {
+        let checks = Checks {
+            upstream: PENDING.into(),
+            role: PENDING.into(),
+            canary: PENDING.into(),
+            keys: PENDING.into(),
+            draining: "ok".into(),
+        };
+        let last = Readiness { ready: false, reason: "starting: readiness not checked yet".into(), checks };
+        Health { last: Mutex::new(last), draining: AtomicBool::new(false) }
+    }
+}
+
+impl Health {
+    /// The current verdict (draining applies at once, without waiting for a check).
+    pub fn readiness(&self) -> Readiness {
+        let mut r = self.last.lock().expect("health lock").clone();
+        if self.is_draining() {
+            r.ready = false;
+            r.reason = "draining: shutting down".into();
+            r.checks.draining = "draining".into();
+        }
+        r
+    }
+
+    /// Marks the start of a drain: `/ready` fails from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a drain has started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    fn store(&self, next: Readiness) {
+        let mut last = self.last.lock().expect("health lock");
+        if last.ready != next.ready || last.reason != next.reason {
+            match next.ready {
+                true => tracing::info!("ready"),
+                false => tracing::warn!(reason = %next.reason, "not ready"),
+            }
+        }
+        *last = next;
+    }
+}
+
+/// Re-checks readiness forever.
+pub async fn watch(shared: Arc<Shared>) {
+    let mut conn: Option<ServerConn> = None;
+    let mut tick = tokio::time::interval(shared.config.http.ready_check_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if shared.health.is_draining() {
+            return;
+        }
+        let readiness = check(&shared, &mut conn).await;
+        shared.health.store(readiness);
+    }
+}
+
+/// One round of checks; keeps `conn` for the next round when it is healthy.
+async fn check(shared: &Shared, conn: &mut Option<ServerConn>) -> Readiness {
+    let mut checks = Checks {
+        upstream: "ok".into(),
+        role: "ok".into(),
+        canary: "ok".into(),
+        keys: "ok".into(),
+        draining: "ok".into(),
+    };
+    let timeout = shared.config.upstream.connect_timeout;
+    let outcome = tokio::time::timeout(timeout * 2, upstream_checks(shared, conn, &mut checks)).await;
+    if outcome.is_err() {
+        *conn = None;
+        checks.upstream = "timed out checking the upstream".into();
+        checks.role = "skipped: upstream not reachable".into();
+        checks.canary = "skipped: upstream not reachable".into();
+    }
+    verdict(checks)
+}
+
+async fn upstream_checks(shared: &Shared, slot: &mut Option<ServerConn>, checks: &mut Checks) {
+    let skipped = "skipped: upstream not reachable";
+    if slot.as_mut().is_none_or(|c| c.is_broken()) {
+        *slot = None;
+        match shared.pool.connector().connect_unchecked().await {
+            Ok(c) => *slot = Some(c),
+            Err(e) => {
+                checks.upstream = format!("cannot connect: {e}");
+                checks.role = skipped.into();
+                checks.canary = skipped.into();
+                return;
+            }
+        }
+    }
+    let conn = slot.as_mut().expect("connected above");
+    match role::bypass_reasons_of(conn).await {
+        Ok(reasons) if reasons.is_empty() => {}
+        Ok(reasons) if shared.config.upstream.allow_rls_bypassing_role => {
+            checks.role = format!("overridden (upstream.allow_rls_bypassing_role): {}", reasons.join("; "));
+        }
+        Ok(reasons) => {
+            checks.role = format!("upstream.user can bypass row-level security: {}", reasons.join("; "));
+        }
+        Err(e) => {
+            *slot = None;
+            checks.upstream = format!("upstream failed during the check: {e}");
+            checks.role = skipped.into();
+            checks.canary = skipped.into();
+            return;
+        }
+    }
+    checks.canary = match canary(shared, conn).await {
+        Ok(verdict) => verdict,
+        Err(e) => {
+            *slot = None;
+            format!("upstream failed during the canary: {e}")
+        }
+    };
+}
+
+/// Runs the canary query for the canary tenant, rewritten by the same code
+/// that injects the tenant into client queries, and once without a tenant.
+async fn canary(shared: &Shared, conn: &mut ServerConn) -> Result<String, UpstreamError> {
+    let Some(tenant) = &shared.config.http.canary_tenant else {
+        return Ok("skipped: http.canary_tenant is not set".into());
+    };
+    let query = &shared.config.http.canary_query;
+    let sql = Bytes::copy_from_slice(query.as_bytes());
+    let insp = shared.inspector.inspect(query.as_bytes(), true);
+    if insp.statements.len() != 1 || inject::refusal(&insp.statements[0]).is_some() || insp.lex_error {
+        return Ok("http.canary_query must be one plain statement that pgtenant would not refuse".into());
+    }
+    let tenant_stmt = inject::set_local(&shared.config.tenant.setting, tenant);
+    let rewritten = inject::rewrite_query(&sql, &insp, &tenant_stmt, true).expect("injection always rewrites");
+    let with_tenant = match count(conn, &String::from_utf8_lossy(&rewritten.text)).await? {
+        Ok(n) => n,
+        Err(e) => return Ok(format!("the canary query failed: {e}")),
+    };
+    let without = match count(conn, query).await? {
+        Ok(n) => n,
+        Err(e) => return Ok(format!("the canary query failed without a tenant: {e}")),
+    };
+    Ok(match (with_tenant, without) {
+        (0, _) => format!(
+            "the canary tenant {} sees 0 rows: tenant context injection is broken (or the seed rows are missing)",
+            tenant.as_str()
+        ),
+        (_, n) if n > 0 => {
+            format!("the canary query sees {n} rows with no tenant set: row-level security is not enforced")
+        }
+        _ => "ok".into(),
+    })
+}
+
+/// Runs a query whose first column of the first row is a count.
+async fn count(conn: &mut ServerConn, sql: &str) -> Result<Result<i64, String>, UpstreamError> {
+    Ok(match conn.simple_query(sql).await? {
+        Ok(outcome) => {
+            let value = outcome.first_row.and_then(|row| row.into_iter().next().flatten());
+            value.and_then(|v| v.parse().ok()).ok_or_else(|| "its first column is not a count".to_string())
+        }
+        Err(e) => Err(format!("{} ({})", e.message, e.code)),
+    })
+}
+
+/// Ready when every check is `ok`, `skipped: ...` or `overridden ...`.
+fn verdict(checks: Checks) -> Readiness {
+    let all = [
+        ("upstream", &checks.upstream),
+        ("role", &checks.role),
+        ("canary", &checks.canary),
+        ("keys", &checks.keys),
+        ("draining", &checks.draining),
+    ];
+    let failed =
+        all.iter().find(|(_, v)| !(v.as_str() == "ok" || v.starts_with("skipped") || v.starts_with("overridden")));
+    // An unreachable upstream is the root cause; later checks only say "skipped".
+    let reason = failed.map(|(name, v)| format!("{name}: {v}")).unwrap_or_default();
+    Readiness { ready: failed.is_none(), reason, checks }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checks() -> Checks {
+        Checks {
+            upstream: "ok".into(),
+            role: "ok".into(),
+            canary: "skipped: http.canary_tenant is not set".into(),
+            keys: "ok".into(),
+            draining: "ok".into(),
+        }
+    }
+
+    #[test]
+    fn ready_only_when_every_check_passes() {
+        assert!(verdict(checks()).ready);
+        let mut c = checks();
+        c.role = "upstream.user can bypass row-level security: it is a superuser".into();
+        let r = verdict(c);
+        assert!(!r.ready);
+        assert!(r.reason.starts_with("role: upstream.user can bypass"), "{}", r.reason);
+        let mut c = checks();
+        c.role = "overridden (upstream.allow_rls_bypassing_role): it is a superuser".into();
+        assert!(verdict(c).ready);
+    }
+
+    #[test]
+    fn draining_overrides_everything() {
+        let h = Health::default();
+        h.store(verdict(checks()));
+        assert!(h.readiness().ready);
+        h.start_draining();
+        let r = h.readiness();
+        assert!(!r.ready);
+        assert_eq!(r.checks.draining, "draining");
+    }
+}

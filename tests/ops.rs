@@ -1,0 +1,207 @@
+//! Operations: `/metrics` values move with real traffic and keep tenant
+//! labels bounded; `/health` is liveness; `/ready` reflects the upstream, the
+//! upstream role and the RLS canary, with a JSON reason.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use support::{summarize, PgCluster, Proxy, ProxyOptions, TENANT_A, TENANT_B};
+
+/// Parses the Prometheus text into `name{labels}` → value (comments skipped).
+fn samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+async fn scrape(proxy: &Proxy) -> HashMap<String, f64> {
+    let (status, body) = proxy.http_get("/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    for line in body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        assert!(line.starts_with("pgtenant_"), "metric without the pgtenant_ prefix: {line}");
+    }
+    samples(&body)
+}
+
+fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
+    m.get(key).copied().unwrap_or(0.0)
+}
+
+/// Polls `/ready` until its status is `want` after the first check; returns the body.
+async fn ready_becomes(proxy: &Proxy, want: u16) -> String {
+    let mut last = String::new();
+    for _ in 0..150 {
+        let (status, body) = proxy.http_get("/ready").await;
+        if status == want && !body.contains("not checked yet") {
+            return body;
+        }
+        last = format!("{status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("/ready never answered {want}; last: {last}\n{}", proxy.log());
+}
+
+fn ready_options() -> ProxyOptions {
+    ProxyOptions::default().set("http", "ready_check_seconds", "1")
+}
+
+#[tokio::test]
+async fn metrics_move_with_real_traffic() {
+    let pg = PgCluster::start().await;
+    let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(2)).await;
+    let before = scrape(&proxy).await;
+    assert_eq!(get(&before, "pgtenant_pool_size"), 2.0);
+
+    let mut a = proxy.raw_login(TENANT_A).await;
+    let mut b = proxy.raw_login(TENANT_B).await;
+    for _ in 0..5 {
+        assert_eq!(summarize(&a.simple("SELECT 1").await), ["T", "D:1", "C:SELECT 1", "Z:I"]);
+    }
+    assert_eq!(summarize(&b.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
+    assert_eq!(summarize(&b.simple("SELECT 2").await), ["T", "D:2", "C:SELECT 1", "Z:T"]);
+    let refused = b.simple("SET app.current_tenant_id = 'x'").await;
+    assert_eq!(summarize(&refused), ["E:42501", "Z:E"]);
+    assert!(proxy.try_connect("not-a-token").await.is_err());
+
+    // B is mid-transaction (failed): it holds a server connection now.
+    let during = scrape(&proxy).await;
+    assert_eq!(get(&during, "pgtenant_clients_connected"), 2.0);
+    assert_eq!(get(&during, "pgtenant_pool_server_connections_active"), 1.0);
+    assert_eq!(get(&during, "pgtenant_active_tenants"), 2.0);
+    assert_eq!(summarize(&b.simple("ROLLBACK").await), ["C:ROLLBACK", "Z:I"]);
+
+    // The server connection goes back just after the client has its ReadyForQuery.
+    let mut after = scrape(&proxy).await;
+    for _ in 0..100 {
+        if get(&after, "pgtenant_pool_server_connections_active") == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        after = scrape(&proxy).await;
+    }
+    let moved = |key: &str| get(&after, key) - get(&before, key);
+    assert!(moved("pgtenant_queries_total") >= 9.0, "queries: {}", moved("pgtenant_queries_total"));
+    assert_eq!(moved("pgtenant_transactions_total"), 6.0, "five for A, one for B");
+    assert_eq!(moved("pgtenant_transaction_duration_seconds_count"), 6.0);
+    assert!(after.keys().any(|k| k.starts_with("pgtenant_transaction_duration_seconds_bucket{le=")), "no buckets");
+    assert!(moved("pgtenant_pool_wait_seconds_count") >= 6.0);
+    assert_eq!(moved("pgtenant_logins_total"), 2.0);
+    assert_eq!(moved(r#"pgtenant_login_failures_total{reason="token_invalid"}"#), 1.0);
+    assert_eq!(moved(r#"pgtenant_refused_statements_total{kind="tenant_setting"}"#), 1.0);
+    assert!(moved("pgtenant_client_bytes_received_total") > 100.0);
+    assert!(moved("pgtenant_client_bytes_sent_total") > 100.0);
+    assert!(get(&after, "pgtenant_server_connects_total") >= 1.0);
+    assert_eq!(get(&after, "pgtenant_pool_server_connections_active"), 0.0);
+    assert!(get(&after, "pgtenant_pool_server_connections_idle") >= 1.0);
+    assert!(get(&after, &format!(r#"pgtenant_tenant_transactions_total{{tenant="{TENANT_A}"}}"#)) == 5.0);
+    assert!(get(&after, &format!(r#"pgtenant_tenant_transactions_total{{tenant="{TENANT_B}"}}"#)) == 1.0);
+
+    drop((a, b));
+    for _ in 0..100 {
+        if get(&scrape(&proxy).await, "pgtenant_clients_connected") == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gone = scrape(&proxy).await;
+    assert_eq!((get(&gone, "pgtenant_clients_connected"), get(&gone, "pgtenant_active_tenants")), (0.0, 0.0));
+}
+
+#[tokio::test]
+async fn tenant_labels_stay_bounded() {
+    let pg = PgCluster::start().await;
+    let proxy = Proxy::start(&pg, ProxyOptions::default().set("http", "tenant_metrics_top", "2")).await;
+    for i in 0..6 {
+        let tenant = format!("cccccccc-0000-4000-8000-00000000000{i}");
+        let mut c = proxy.raw_login(&tenant).await;
+        for _ in 0..=i {
+            assert_eq!(summarize(&c.simple("SELECT 1").await), ["T", "D:1", "C:SELECT 1", "Z:I"]);
+        }
+    }
+    let m = scrape(&proxy).await;
+    let labelled: Vec<&String> = m.keys().filter(|k| k.starts_with("pgtenant_tenant_transactions_total{")).collect();
+    assert_eq!(labelled.len(), 2, "{labelled:?}");
+    assert_eq!(get(&m, r#"pgtenant_tenant_transactions_total{tenant="cccccccc-0000-4000-8000-000000000005"}"#), 6.0);
+    assert_eq!(get(&m, r#"pgtenant_tenant_transactions_total{tenant="cccccccc-0000-4000-8000-000000000004"}"#), 5.0);
+    assert_eq!(get(&m, "pgtenant_transactions_total"), 21.0, "the total counts every tenant");
+}
+
+#[tokio::test]
+async fn health_is_liveness_and_ready_checks_upstream_and_canary() {
+    let pg = PgCluster::start().await;
+    pg.seed_tool_calls(TENANT_A, 3).await;
+    let options = ready_options().set("http", "canary_tenant", format!("\"{TENANT_A}\"")).set(
+        "http",
+        "canary_query",
+        "\"SELECT count(*) FROM tool_calls\"",
+    );
+    let proxy = Proxy::start(&pg, options).await;
+    assert_eq!(proxy.http_get("/health").await, (200, "ok\n".to_string()));
+    let body = ready_becomes(&proxy, 200).await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["ready"], true);
+    assert_eq!(json["checks"]["canary"], "ok");
+    assert_eq!(json["checks"]["role"], "ok");
+
+    // Upstream down: not ready, with the reason; liveness unaffected.
+    pg.stop();
+    let body = ready_becomes(&proxy, 503).await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["ready"], false);
+    assert!(json["reason"].as_str().unwrap().starts_with("upstream: "), "{body}");
+    assert_eq!(proxy.http_get("/health").await.0, 200);
+    pg.restart();
+    ready_becomes(&proxy, 200).await;
+    let m = scrape(&proxy).await;
+    assert_eq!(get(&m, "pgtenant_ready"), 1.0);
+}
+
+#[tokio::test]
+async fn ready_fails_when_the_canary_sees_nothing_or_too_much() {
+    let pg = PgCluster::start().await;
+    // The canary tenant has no rows: indistinguishable from broken injection, so not ready.
+    let options = ready_options().set("http", "canary_tenant", format!("\"{TENANT_B}\"")).set(
+        "http",
+        "canary_query",
+        "\"SELECT count(*) FROM tool_calls\"",
+    );
+    let proxy = Proxy::start(&pg, options).await;
+    let body = ready_becomes(&proxy, 503).await;
+    assert!(body.contains("sees 0 rows: tenant context injection is broken"), "{body}");
+    assert!(proxy.log().contains("not ready"), "{}", proxy.log());
+
+    // A table without row-level security shows rows with no tenant set.
+    let su = pg.superuser().await;
+    su.batch_execute("CREATE TABLE open_table (tenant_id uuid); GRANT SELECT ON open_table TO app_user").await.unwrap();
+    su.execute("INSERT INTO open_table VALUES ($1::text::uuid)", &[&TENANT_A]).await.unwrap();
+    let options = ready_options().set("http", "canary_tenant", format!("\"{TENANT_A}\"")).set(
+        "http",
+        "canary_query",
+        "\"SELECT count(*) FROM open_table\"",
+    );
+    let proxy = Proxy::start(&pg, options).await;
+    let body = ready_becomes(&proxy, 503).await;
+    assert!(body.contains("with no tenant set: row-level security is not enforced"), "{body}");
+}
+
+#[tokio::test]
+async fn ready_fails_with_the_reason_when_the_role_bypasses_rls() {
+    let pg = PgCluster::start().await;
+    let unsafe_role = ProxyOptions::default().upstream_user("postgres").unset("upstream", "password");
+    let proxy = Proxy::start(&pg, unsafe_role.clone().set("http", "ready_check_seconds", "1")).await;
+    let body = ready_becomes(&proxy, 503).await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(json["reason"].as_str().unwrap().contains("it is a superuser"), "{body}");
+    // The loudly-named override serves anyway, and says so.
+    let overridden =
+        unsafe_role.set("upstream", "allow_rls_bypassing_role", "true").set("http", "ready_check_seconds", "1");
+    let proxy = Proxy::start(&pg, overridden).await;
+    let body = ready_becomes(&proxy, 200).await;
+    assert!(body.contains("overridden (upstream.allow_rls_bypassing_role)"), "{body}");
+}
