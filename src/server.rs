@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::{watch, Semaphore};
 
 use crate::auth::jwt::Verifier;
 use crate::cancel::Registry;
@@ -43,6 +44,19 @@ pub struct Shared {
     pub health: Health,
     /// Per-tenant client and transaction counts.
     pub tenants: Arc<Tenants>,
+    /// Running, draining or closing; sessions watch it.
+    pub phase: watch::Sender<Phase>,
+}
+
+/// Where the process is in its life; a SIGTERM moves it forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Serving.
+    Running,
+    /// Not accepting; sessions end as soon as they are idle (57P01).
+    Draining,
+    /// The drain timed out: sessions end now, even mid-transaction.
+    Closing,
 }
 
 impl Shared {
@@ -74,11 +88,12 @@ impl Shared {
             backoff,
             health: Health::default(),
             tenants: Arc::default(),
+            phase: watch::Sender::new(Phase::Running),
         })
     }
 }
 
-/// Runs the proxy until SIGINT or SIGTERM.
+/// Runs the proxy until SIGINT or SIGTERM, then drains.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let handle = crate::metrics::install()?;
     let shared = Arc::new(Shared::new(config)?);
@@ -96,7 +111,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     let limit = Arc::new(Semaphore::new(shared.config.listen.max_client_conn));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -107,12 +123,48 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
             },
-            _ = tokio::signal::ctrl_c() => break,
+            _ = int.recv() => break,
             _ = term.recv() => break,
         }
     }
-    tracing::info!("shutting down");
+    drop(listener);
+    drain(&shared, &limit, &mut term, &mut int).await;
     Ok(())
+}
+
+/// Stops serving: `/ready` fails at once, idle clients get FATAL 57P01,
+/// open transactions may finish within `listen.shutdown_timeout_seconds` (a
+/// second signal cuts that short), then idle server connections are closed
+/// with a Terminate.
+async fn drain(shared: &Shared, limit: &Semaphore, term: &mut Signal, int: &mut Signal) {
+    let max = shared.config.listen.max_client_conn;
+    let open = |limit: &Semaphore| max - limit.available_permits();
+    let timeout = shared.config.listen.shutdown_timeout;
+    tracing::info!(clients = open(limit), timeout_s = timeout.as_secs(), "draining: no new connections");
+    shared.health.start_draining();
+    shared.phase.send_replace(Phase::Draining);
+    let all_gone = async {
+        while open(limit) > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        _ = all_gone => {}
+        _ = tokio::time::sleep(timeout) => {
+            tracing::warn!(clients = open(limit), "shutdown timeout reached; closing the remaining clients");
+        }
+        _ = term.recv() => tracing::warn!("second signal; closing the remaining clients"),
+        _ = int.recv() => tracing::warn!("second signal; closing the remaining clients"),
+    }
+    shared.phase.send_replace(Phase::Closing);
+    let closing = async {
+        while open(limit) > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), closing).await;
+    let closed = shared.pool.close_idle().await;
+    tracing::info!(server_connections = closed, "shut down");
 }
 
 /// Drains the recorder's histogram buffers now and then, so memory stays

@@ -205,3 +205,59 @@ async fn ready_fails_with_the_reason_when_the_role_bypasses_rls() {
     let body = ready_becomes(&proxy, 200).await;
     assert!(body.contains("overridden (upstream.allow_rls_bypassing_role)"), "{body}");
 }
+
+#[tokio::test]
+async fn sigterm_drains_idle_clients_now_and_open_transactions_when_they_end() {
+    let pg = PgCluster::start().await;
+    let options = ProxyOptions::default().set("listen", "shutdown_timeout_seconds", "20");
+    let mut proxy = Proxy::start(&pg, options).await;
+    let mut idle = proxy.raw_login(TENANT_A).await;
+    assert_eq!(summarize(&idle.simple("SELECT 1").await), ["T", "D:1", "C:SELECT 1", "Z:I"]);
+    let mut busy = proxy.raw_login(TENANT_B).await;
+    assert_eq!(summarize(&busy.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
+    assert_eq!(proxy.http_get("/ready").await.0, 200);
+
+    proxy.signal("TERM");
+    // The idle client is told at once, with PostgreSQL's own shutdown error.
+    let msgs = idle.expect_closed().await;
+    assert_eq!(summarize(&msgs), ["E:57P01"]);
+    assert_eq!(msgs[0].error_fields()[&'S'], "FATAL");
+    // Readiness fails as soon as the drain starts, with the reason; no new clients.
+    let (status, body) = proxy.http_get("/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", proxy.port())).await.is_err(),
+        "still accepting during the drain"
+    );
+    // The open transaction finishes normally; then the client is told.
+    assert_eq!(summarize(&busy.simple("SELECT 2").await), ["T", "D:2", "C:SELECT 1", "Z:T"]);
+    assert_eq!(summarize(&busy.simple("COMMIT").await), ["C:COMMIT", "Z:I"]);
+    assert_eq!(summarize(&busy.expect_closed().await), ["E:57P01"]);
+    let status = proxy.wait_exit(Duration::from_secs(10)).await.expect("the proxy exits after the drain");
+    assert!(status.success(), "exit status {status:?}\n{}", proxy.log());
+    // Idle server connections were closed with a Terminate (PostgreSQL logs a
+    // dropped idle connection only at DEBUG1, so the proxy's count is the evidence).
+    assert!(proxy.log().contains("server_connections=2") && proxy.log().contains("shut down"), "{}", proxy.log());
+    let su = pg.superuser().await;
+    let left: i64 =
+        su.query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app_user'", &[]).await.unwrap().get(0);
+    assert_eq!(left, 0);
+}
+
+#[tokio::test]
+async fn the_drain_ends_open_transactions_at_the_shutdown_timeout() {
+    let pg = PgCluster::start().await;
+    let options = ProxyOptions::default().set("listen", "shutdown_timeout_seconds", "1");
+    let mut proxy = Proxy::start(&pg, options).await;
+    let mut stuck = proxy.raw_login(TENANT_A).await;
+    assert_eq!(summarize(&stuck.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
+    let insert = "INSERT INTO tool_calls (tenant_id, tool_name) VALUES (current_setting('app.current_tenant_id')::uuid, 'never')";
+    assert_eq!(summarize(&stuck.simple(insert).await), ["C:INSERT 0 1", "Z:T"]);
+    proxy.signal("TERM");
+    assert_eq!(summarize(&stuck.expect_closed().await), ["E:57P01"]);
+    let status = proxy.wait_exit(Duration::from_secs(10)).await.expect("the proxy exits");
+    assert!(status.success(), "exit status {status:?}");
+    // The transaction never committed.
+    assert_eq!(pg.count_rows("tool_calls", TENANT_A).await, 0);
+}

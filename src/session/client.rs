@@ -31,7 +31,7 @@ use super::Fatal;
 use crate::cancel::{Registration, ServerKey};
 use crate::metrics::ClientGuard;
 use crate::net::ClientStream;
-use crate::server::Shared;
+use crate::server::{Phase, Shared};
 use crate::sql::inspect::TxControl;
 use crate::upstream::connect::MAX_SERVER_MESSAGE;
 use crate::upstream::{Owner, PoolError, Pooled};
@@ -141,7 +141,12 @@ pub async fn run(shared: Arc<Shared>, logged: LoggedIn, peer: SocketAddr) {
     };
     let result = session.serve().await;
     if let Err(fatal) = &result {
-        tracing::warn!(%peer, %tenant, code = fatal.code, message = %fatal.message, "session ended with an error");
+        match fatal.code {
+            "57P01" => tracing::info!(%peer, %tenant, "client disconnected by the shutdown"),
+            _ => {
+                tracing::warn!(%peer, %tenant, code = fatal.code, message = %fatal.message, "session ended with an error")
+            }
+        }
         let mut buf = BytesMut::new();
         build::error_response(&mut buf, build::Severity::Fatal, fatal.code, &fatal.message, fatal.hint.as_deref());
         session.cout.extend_from_slice(&buf);
@@ -217,6 +222,7 @@ impl Session {
     }
 
     async fn serve(&mut self) -> Result<(), Fatal> {
+        let mut phase = self.shared.phase.subscribe();
         loop {
             // Server replies first: a ReadyForQuery may settle the transaction
             // status that client messages already buffered were waiting for.
@@ -225,7 +231,16 @@ impl Session {
                 return Ok(());
             }
             self.maybe_release().await;
-            match self.wait_event().await {
+            match *phase.borrow_and_update() {
+                Phase::Running => {}
+                Phase::Draining if !self.is_idle() => {}
+                Phase::Draining | Phase::Closing => return Err(shutting_down()),
+            }
+            let event = tokio::select! {
+                event = self.wait_event() => event,
+                _ = phase.changed() => continue,
+            };
+            match event {
                 Ok(Event::ClientEof) => return Ok(()),
                 Ok(Event::ServerEof) => {
                     return Err(Fatal::new("08006", "the server connection closed unexpectedly")
@@ -551,6 +566,12 @@ impl Session {
         drop(pooled);
     }
 
+    /// Between transactions, with nothing owed either way: a drain may end
+    /// the session here without losing anything.
+    fn is_idle(&self) -> bool {
+        self.server.is_none() && self.predicted == Some(IDLE) && !self.unit_open && self.outstanding.is_empty()
+    }
+
     /// A server connection goes back: one transaction, for the metrics.
     fn count_transaction(&self) {
         let hot = crate::metrics::hot();
@@ -605,6 +626,11 @@ fn drive_write<W: AsyncWrite + Unpin>(
         }
     }
     Ok(wrote)
+}
+
+fn shutting_down() -> Fatal {
+    Fatal::new("57P01", "terminating connection due to administrator command")
+        .hint("pgtenant is shutting down; reconnect to another instance")
 }
 
 fn server_lost() -> Fatal {

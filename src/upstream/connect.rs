@@ -227,6 +227,15 @@ impl ServerConn {
         self.stream.write_all(buf).await
     }
 
+    /// Says goodbye (Terminate) and closes the socket, so the server logs a
+    /// clean disconnect instead of an unexpected EOF.
+    pub async fn terminate(mut self) {
+        let mut out = BytesMut::new();
+        crate::wire::build::terminate(&mut out);
+        let _ = self.write_all(&out).await;
+        let _ = self.stream.shutdown().await;
+    }
+
     /// Runs one simple Query to completion on an idle connection; returns
     /// what it reported, or the server's error.
     pub async fn simple_query(&mut self, sql: &str) -> Result<Result<QueryOutcome, ServerError>, UpstreamError> {

@@ -110,6 +110,16 @@ impl Pool {
         self.inner.idle.lock().expect("pool lock").len()
     }
 
+    /// Closes every idle connection cleanly (at shutdown).
+    pub async fn close_idle(&self) -> usize {
+        let idle: Vec<ServerConn> = std::mem::take(&mut *self.inner.idle.lock().expect("pool lock"));
+        let n = idle.len();
+        for conn in idle {
+            conn.terminate().await;
+        }
+        n
+    }
+
     /// The connector, for connections outside the pool (readiness checks).
     pub fn connector(&self) -> &Connector {
         &self.inner.connector
