@@ -103,7 +103,7 @@ impl Health {
 /// Re-checks readiness forever.
 pub async fn watch(shared: Arc<Shared>) {
     let mut conn: Option<ServerConn> = None;
-    let mut tick = tokio::time::interval(shared.config.http.ready_check_interval);
+    let mut tick = tokio::time::interval(shared.config().http.ready_check_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -124,7 +124,7 @@ async fn check(shared: &Shared, conn: &mut Option<ServerConn>) -> Readiness {
         keys: "ok".into(),
         draining: "ok".into(),
     };
-    let timeout = shared.config.upstream.connect_timeout;
+    let timeout = shared.config().upstream.connect_timeout;
     let outcome = tokio::time::timeout(timeout * 2, upstream_checks(shared, conn, &mut checks)).await;
     if outcome.is_err() {
         *conn = None;
@@ -152,7 +152,7 @@ async fn upstream_checks(shared: &Shared, slot: &mut Option<ServerConn>, checks:
     let conn = slot.as_mut().expect("connected above");
     match role::bypass_reasons_of(conn).await {
         Ok(reasons) if reasons.is_empty() => {}
-        Ok(reasons) if shared.config.upstream.allow_rls_bypassing_role => {
+        Ok(reasons) if shared.config().upstream.allow_rls_bypassing_role => {
             checks.role = format!("overridden (upstream.allow_rls_bypassing_role): {}", reasons.join("; "));
         }
         Ok(reasons) => {
@@ -178,16 +178,16 @@ async fn upstream_checks(shared: &Shared, slot: &mut Option<ServerConn>, checks:
 /// Runs the canary query for the canary tenant, rewritten by the same code
 /// that injects the tenant into client queries, and once without a tenant.
 async fn canary(shared: &Shared, conn: &mut ServerConn) -> Result<String, UpstreamError> {
-    let Some(tenant) = &shared.config.http.canary_tenant else {
+    let Some(tenant) = &shared.config().http.canary_tenant else {
         return Ok("skipped: http.canary_tenant is not set".into());
     };
-    let query = &shared.config.http.canary_query;
+    let query = &shared.config().http.canary_query;
     let sql = Bytes::copy_from_slice(query.as_bytes());
     let insp = shared.inspector.inspect(query.as_bytes(), true);
     if insp.statements.len() != 1 || inject::refusal(&insp.statements[0]).is_some() || insp.lex_error {
         return Ok("http.canary_query must be one plain statement that pgtenant would not refuse".into());
     }
-    let tenant_stmt = inject::set_local(&shared.config.tenant.setting, tenant);
+    let tenant_stmt = inject::set_local(&shared.config().tenant.setting, tenant);
     let rewritten = inject::rewrite_query(&sql, &insp, &tenant_stmt, true).expect("injection always rewrites");
     let with_tenant = match count(conn, &String::from_utf8_lossy(&rewritten.text)).await? {
         Ok(n) => n,

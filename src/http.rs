@@ -26,7 +26,7 @@ pub async fn bind(
     shared: Arc<Shared>,
     handle: PrometheusHandle,
 ) -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    let addr = shared.config.http.addr;
+    let addr = shared.config().http.addr;
     let listener = TcpListener::bind(addr).await.with_context(|| format!("binding http.addr {addr}"))?;
     tracing::info!(%addr, "serving /metrics, /health and /ready");
     let app = Router::new()
@@ -58,13 +58,13 @@ async fn render_metrics(State(http): State<Http>) -> Response {
     let snap = Snapshot {
         server_active: gate.lent,
         server_idle: shared.pool.idle_count(),
-        pool_size: shared.config.upstream.pool_size,
+        pool_size: shared.config().upstream.pool_size,
         clients_connected: shared.tenants.connected_clients(),
         clients_waiting: gate.waiting,
         active_tenants: shared.tenants.active(),
         ready: shared.health.readiness().ready,
         draining: shared.health.is_draining(),
     };
-    let text = metrics::render(&http.handle, snap, &shared.tenants, &shared.config.http);
+    let text = metrics::render(&http.handle, snap, &shared.tenants, &shared.config().http);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -29,6 +29,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod net;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod sql;

@@ -80,12 +80,13 @@ fn load(arg: Option<PathBuf>) -> Result<Config, ExitCode> {
 }
 
 fn serve(config: Option<PathBuf>) -> ExitCode {
+    let path = config_path(config.clone());
     let config = match load(config) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    match runtime.block_on(pgtenant::server::run(config)) {
+    match runtime.block_on(pgtenant::server::run(config, Some(path))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

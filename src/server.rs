@@ -2,12 +2,16 @@
 //! the startup phase under `startup_timeout`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use anyhow::Context as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 use crate::auth::jwt::Verifier;
 use crate::cancel::Registry;
@@ -24,10 +28,12 @@ use crate::upstream::Pool;
 
 /// Everything sessions share, built once from the configuration.
 pub struct Shared {
-    /// The validated configuration.
-    pub config: Config,
-    /// Verifies client tokens.
-    pub verifier: Verifier,
+    /// The validated configuration; SIGHUP swaps in a new one.
+    config: ArcSwap<Config>,
+    /// Where the configuration was loaded from, for reloads.
+    config_path: Option<PathBuf>,
+    /// Verifies client tokens; replaced on reload.
+    pub verifier: ArcSwap<Verifier>,
     /// Classifies client SQL.
     pub inspector: Inspector,
     /// Server connections.
@@ -46,6 +52,8 @@ pub struct Shared {
     pub tenants: Arc<Tenants>,
     /// Running, draining or closing; sessions watch it.
     pub phase: watch::Sender<Phase>,
+    /// Client connections open now (bounded by `listen.max_client_conn`).
+    pub clients: Arc<Clients>,
 }
 
 /// Where the process is in its life; a SIGTERM moves it forward.
@@ -61,7 +69,7 @@ pub enum Phase {
 
 impl Shared {
     /// Builds the shared state, loading keys and certificates.
-    pub fn new(config: Config) -> anyhow::Result<Shared> {
+    pub fn new(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Shared> {
         let verifier = Verifier::new(&config.auth).context("loading the JWT verification key")?;
         let tls = match &config.listen.tls {
             Some(files) => Some(Arc::new(ReloadingServerConfig::load(&files.cert, &files.key)?)),
@@ -76,59 +84,118 @@ impl Shared {
         let pool = Pool::new(connector, config.upstream.pool_size, config.upstream.max_connections_per_tenant);
         let cancel = Registry::new(pool.upstream_addr());
         let inspector = Inspector::new(&config.tenant.setting);
-        let backoff = LoginBackoff::new(config.listen.login_failures_before_backoff, config.listen.login_backoff_max);
         Ok(Shared {
-            config,
-            verifier,
+            config: ArcSwap::from_pointee(config),
+            config_path,
+            verifier: ArcSwap::from_pointee(verifier),
             inspector,
             pool,
             cancel,
             tls,
             prepared: Default::default(),
-            backoff,
+            backoff: LoginBackoff::default(),
             health: Health::default(),
             tenants: Arc::default(),
             phase: watch::Sender::new(Phase::Running),
+            clients: Arc::default(),
         })
+    }
+
+    /// The configuration in force now.
+    pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// Reloads the configuration file (SIGHUP): keys, TLS files, limits and
+    /// pool size change without dropping a connection. A file that does not
+    /// load, or changes a key that needs a restart, is refused and the
+    /// running configuration stays.
+    pub fn reload(&self) -> Result<Vec<&'static str>, String> {
+        let path = self.config_path.as_deref().ok_or("no configuration file to reload")?;
+        let next = Config::load(path).map_err(|e| e.to_string())?;
+        let current = self.config();
+        let restart = crate::reload::needs_restart(&current, &next);
+        if !restart.is_empty() {
+            return Err(format!("these keys change only with a restart: {}", restart.join(", ")));
+        }
+        let changed = crate::reload::reloadable_changes(&current, &next);
+        let verifier = Verifier::new(&next.auth).map_err(|e| format!("auth: {e}"))?;
+        if let Some(tls) = &self.tls {
+            tls.log(tls.reload_if_changed());
+        }
+        self.verifier.store(Arc::new(verifier));
+        self.pool.resize(next.upstream.pool_size, next.upstream.max_connections_per_tenant);
+        self.config.store(Arc::new(next));
+        Ok(changed)
     }
 }
 
-/// Runs the proxy until SIGINT or SIGTERM, then drains.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Client connections open now; each accepted connection holds one [`Open`].
+#[derive(Debug, Default)]
+pub struct Clients(AtomicUsize);
+
+/// One open client connection, counted until dropped.
+struct Open(Arc<Clients>);
+
+impl Clients {
+    /// Counts a new connection in, unless `max` are already open.
+    fn admit(self: &Arc<Self>, max: usize) -> Option<Open> {
+        let admitted = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1));
+        admitted.ok().map(|_| Open(self.clone()))
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Runs the proxy until SIGINT or SIGTERM, then drains. `config_path` is
+/// re-read on SIGHUP.
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let handle = crate::metrics::install()?;
-    let shared = Arc::new(Shared::new(config)?);
-    let listener = TcpListener::bind(shared.config.listen.addr)
-        .await
-        .with_context(|| format!("binding {}", shared.config.listen.addr))?;
+    let shared = Arc::new(Shared::new(config, config_path)?);
+    let addr = shared.config().listen.addr;
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     tokio::spawn(crate::http::bind(shared.clone(), handle.clone()).await?);
     tokio::spawn(upkeep(handle));
-    tracing::info!(addr = %shared.config.listen.addr, "pgtenant listening");
+    tracing::info!(%addr, "pgtenant listening");
     tokio::spawn(check_upstream(shared.clone()));
     tokio::spawn(crate::health::watch(shared.clone()));
-    if let (Some(tls), interval) = (&shared.tls, shared.config.listen.tls_reload_interval) {
+    if let (Some(tls), interval) = (&shared.tls, shared.config().listen.tls_reload_interval) {
         if !interval.is_zero() {
             tokio::spawn(tls.clone().watch(interval));
         }
     }
-    let limit = Arc::new(Semaphore::new(shared.config.listen.max_client_conn));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => accept(shared.clone(), &limit, tcp, peer),
+                Ok((tcp, peer)) => accept(shared.clone(), tcp, peer),
                 Err(e) => {
                     // Usually EMFILE: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
             },
+            _ = hup.recv() => match shared.reload() {
+                Ok(changed) => tracing::info!(changed = ?changed, "configuration reloaded"),
+                Err(why) => tracing::error!(error = %why, "configuration NOT reloaded; the previous one stays in force"),
+            },
             _ = int.recv() => break,
             _ = term.recv() => break,
         }
     }
     drop(listener);
-    drain(&shared, &limit, &mut term, &mut int).await;
+    drain(&shared, &mut term, &mut int).await;
     Ok(())
 }
 
@@ -136,35 +203,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// open transactions may finish within `listen.shutdown_timeout_seconds` (a
 /// second signal cuts that short), then idle server connections are closed
 /// with a Terminate.
-async fn drain(shared: &Shared, limit: &Semaphore, term: &mut Signal, int: &mut Signal) {
-    let max = shared.config.listen.max_client_conn;
-    let open = |limit: &Semaphore| max - limit.available_permits();
-    let timeout = shared.config.listen.shutdown_timeout;
-    tracing::info!(clients = open(limit), timeout_s = timeout.as_secs(), "draining: no new connections");
+async fn drain(shared: &Shared, term: &mut Signal, int: &mut Signal) {
+    let timeout = shared.config().listen.shutdown_timeout;
+    let clients = &shared.clients;
+    tracing::info!(clients = clients.open(), timeout_s = timeout.as_secs(), "draining: no new connections");
     shared.health.start_draining();
     shared.phase.send_replace(Phase::Draining);
-    let all_gone = async {
-        while open(limit) > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    };
     tokio::select! {
-        _ = all_gone => {}
+        _ = all_closed(clients) => {}
         _ = tokio::time::sleep(timeout) => {
-            tracing::warn!(clients = open(limit), "shutdown timeout reached; closing the remaining clients");
+            tracing::warn!(clients = clients.open(), "shutdown timeout reached; closing the remaining clients");
         }
         _ = term.recv() => tracing::warn!("second signal; closing the remaining clients"),
         _ = int.recv() => tracing::warn!("second signal; closing the remaining clients"),
     }
     shared.phase.send_replace(Phase::Closing);
-    let closing = async {
-        while open(limit) > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), closing).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), all_closed(clients)).await;
     let closed = shared.pool.close_idle().await;
     tracing::info!(server_connections = closed, "shut down");
+}
+
+async fn all_closed(clients: &Clients) {
+    while clients.open() > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// Drains the recorder's histogram buffers now and then, so memory stays
@@ -179,20 +241,20 @@ async fn upkeep(handle: metrics_exporter_prometheus::PrometheusHandle) {
 /// Connects once at startup so a bad upstream (unreachable, wrong password,
 /// a role that bypasses RLS) is in the log before the first client comes.
 async fn check_upstream(shared: Arc<Shared>) {
-    match shared.pool.checkout(&crate::upstream::Owner::Proxy, shared.config.upstream.connect_timeout).await {
+    match shared.pool.checkout(&crate::upstream::Owner::Proxy, shared.config().upstream.connect_timeout).await {
         Ok(pooled) => {
-            tracing::info!(user = %shared.config.upstream.user, "upstream reachable; role checked");
+            tracing::info!(user = %shared.config().upstream.user, "upstream reachable; role checked");
             shared.pool.checkin(pooled);
         }
         Err(e) => tracing::error!(error = %e, "upstream check at startup failed; clients will get this error"),
     }
 }
 
-fn accept(shared: Arc<Shared>, limit: &Arc<Semaphore>, tcp: TcpStream, peer: SocketAddr) {
+fn accept(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
-    let permit = limit.clone().try_acquire_owned();
+    let open = shared.clients.admit(shared.config().listen.max_client_conn);
     tokio::spawn(async move {
-        let Ok(_permit) = permit else {
+        let Some(_open) = open else {
             let mut tcp = tcp;
             crate::metrics::login_failed("too_many_clients");
             Fatal::new("53300", "sorry, too many clients already").send(&mut tcp).await;
@@ -203,7 +265,7 @@ fn accept(shared: Arc<Shared>, limit: &Arc<Semaphore>, tcp: TcpStream, peer: Soc
 }
 
 async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
-    let timeout = shared.config.listen.startup_timeout;
+    let timeout = shared.config().listen.startup_timeout;
     match tokio::time::timeout(timeout, login::handshake(tcp, peer, &shared)).await {
         Err(_) => {
             crate::metrics::login_failed("timeout");

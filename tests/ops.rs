@@ -261,3 +261,54 @@ async fn the_drain_ends_open_transactions_at_the_shutdown_timeout() {
     // The transaction never committed.
     assert_eq!(pg.count_rows("tool_calls", TENANT_A).await, 0);
 }
+
+/// Waits until the proxy log contains `needle` `times` times.
+async fn log_count_reaches(proxy: &Proxy, needle: &str, times: usize) {
+    for _ in 0..200 {
+        if proxy.log().matches(needle).count() >= times {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{needle:?} did not appear {times} times:\n{}", proxy.log());
+}
+
+#[tokio::test]
+async fn sighup_reloads_keys_and_pool_size_without_dropping_connections() {
+    let pg = PgCluster::start().await;
+    let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(2)).await;
+    let mut survivor = proxy.raw_login(TENANT_A).await;
+    assert_eq!(summarize(&survivor.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
+    let original = std::fs::read_to_string(proxy.config_path()).unwrap();
+    let new_secret = "a-completely-different-secret-of-at-least-32-bytes";
+    let rotated = original
+        .replace(&support::toml_str(proxy.secret()), &support::toml_str(new_secret))
+        .replace("pool_size = 2", "pool_size = 5");
+    assert_ne!(rotated, original);
+    std::fs::write(proxy.config_path(), &rotated).unwrap();
+    proxy.signal("HUP");
+    log_count_reaches(&proxy, "configuration reloaded", 1).await;
+
+    // New logins need the new key; the old key no longer works.
+    let new_token = support::mint(new_secret, &support::default_claims(TENANT_B));
+    let client = proxy.try_connect(&new_token).await.expect("a token signed with the reloaded key");
+    let row = client.query_one("SELECT current_setting('app.current_tenant_id')", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), TENANT_B);
+    assert!(proxy.try_connect(&proxy.token(TENANT_A)).await.is_err(), "the old key still accepted");
+    // The pool grew, and the open transaction went on untouched.
+    assert_eq!(scrape(&proxy).await.get("pgtenant_pool_size").copied(), Some(5.0));
+    assert_eq!(summarize(&survivor.simple("COMMIT").await), ["C:COMMIT", "Z:I"]);
+
+    // A broken file is refused; the running configuration stays.
+    std::fs::write(proxy.config_path(), format!("{rotated}\n[listen]\nnonsense = 1\n")).unwrap();
+    proxy.signal("HUP");
+    log_count_reaches(&proxy, "configuration NOT reloaded", 1).await;
+    // So is a change that needs a restart.
+    let moved = rotated.replace("database = \"app\"", "database = \"other\"");
+    std::fs::write(proxy.config_path(), &moved).unwrap();
+    proxy.signal("HUP");
+    log_count_reaches(&proxy, "configuration NOT reloaded", 2).await;
+    assert!(proxy.log().contains("these keys change only with a restart: upstream.host / port / database / user"));
+    assert!(proxy.try_connect(&new_token).await.is_ok(), "the reloaded configuration is still in force");
+    assert_eq!(summarize(&survivor.simple("SELECT 1").await), ["T", "D:1", "C:SELECT 1", "Z:I"]);
+}

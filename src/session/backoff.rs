@@ -20,11 +20,19 @@ const FIRST_DELAY: Duration = Duration::from_millis(250);
 const SWEEP_AT: usize = 10_000;
 
 /// Per-address failed-login counts.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct LoginBackoff {
-    threshold: u32,
-    max_delay: Duration,
     failures: DashMap<IpAddr, Failures>,
+}
+
+/// When delays start and how long they may get (from the configuration,
+/// which a reload may change).
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Failures within the window before answers slow down.
+    pub threshold: u32,
+    /// The longest delay.
+    pub max_delay: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -34,14 +42,9 @@ struct Failures {
 }
 
 impl LoginBackoff {
-    /// Backoff after `threshold` failures, delays capped at `max_delay`.
-    pub fn new(threshold: u32, max_delay: Duration) -> LoginBackoff {
-        LoginBackoff { threshold, max_delay, failures: DashMap::new() }
-    }
-
     /// Records a failed login from `ip` at `now`; returns how long to wait
     /// before answering it.
-    pub fn failed(&self, ip: IpAddr, now: Instant) -> Duration {
+    pub fn failed(&self, ip: IpAddr, now: Instant, policy: Policy) -> Duration {
         if self.failures.len() >= SWEEP_AT {
             self.failures.retain(|_, f| now.duration_since(f.last) < WINDOW);
         }
@@ -51,16 +54,18 @@ impl LoginBackoff {
         }
         entry.count = entry.count.saturating_add(1);
         entry.last = now;
-        self.delay(entry.count)
+        policy.delay(entry.count)
     }
 
     /// Addresses currently tracked (for tests and metrics).
     pub fn tracked(&self) -> usize {
         self.failures.len()
     }
+}
 
-    fn delay(&self, count: u32) -> Duration {
-        let Some(over) = count.checked_sub(self.threshold + 1) else { return Duration::ZERO };
+impl Policy {
+    fn delay(self, count: u32) -> Duration {
+        let Some(over) = count.checked_sub(self.threshold.saturating_add(1)) else { return Duration::ZERO };
         let factor = 1u32.checked_shl(over.min(16)).unwrap_or(u32::MAX);
         FIRST_DELAY.saturating_mul(factor).min(self.max_delay)
     }
@@ -86,49 +91,53 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn policy(threshold: u32, max_secs: u64) -> Policy {
+        Policy { threshold, max_delay: Duration::from_secs(max_secs) }
+    }
+
     #[test]
     fn delays_start_after_the_threshold_and_double_up_to_the_cap() {
-        let b = LoginBackoff::new(3, Duration::from_secs(2));
+        let (b, p) = (LoginBackoff::default(), policy(3, 2));
         let now = Instant::now();
-        let delays: Vec<u128> = (0..8).map(|_| b.failed(ip("10.0.0.1"), now).as_millis()).collect();
+        let delays: Vec<u128> = (0..8).map(|_| b.failed(ip("10.0.0.1"), now, p).as_millis()).collect();
         assert_eq!(delays, [0, 0, 0, 250, 500, 1000, 2000, 2000]);
         // Another address is not affected.
-        assert_eq!(b.failed(ip("10.0.0.2"), now), Duration::ZERO);
+        assert_eq!(b.failed(ip("10.0.0.2"), now, p), Duration::ZERO);
     }
 
     #[test]
     fn failures_are_forgotten_after_the_window() {
-        let b = LoginBackoff::new(1, Duration::from_secs(5));
+        let (b, p) = (LoginBackoff::default(), policy(1, 5));
         let start = Instant::now();
-        assert_eq!(b.failed(ip("10.0.0.1"), start), Duration::ZERO);
-        assert!(b.failed(ip("10.0.0.1"), start) > Duration::ZERO);
+        assert_eq!(b.failed(ip("10.0.0.1"), start, p), Duration::ZERO);
+        assert!(b.failed(ip("10.0.0.1"), start, p) > Duration::ZERO);
         let later = start + WINDOW + Duration::from_secs(1);
-        assert_eq!(b.failed(ip("10.0.0.1"), later), Duration::ZERO);
+        assert_eq!(b.failed(ip("10.0.0.1"), later, p), Duration::ZERO);
     }
 
     #[test]
     fn a_zero_cap_turns_delays_off() {
-        let b = LoginBackoff::new(1, Duration::ZERO);
+        let (b, p) = (LoginBackoff::default(), policy(1, 0));
         let now = Instant::now();
         for _ in 0..5 {
-            assert_eq!(b.failed(ip("10.0.0.1"), now), Duration::ZERO);
+            assert_eq!(b.failed(ip("10.0.0.1"), now, p), Duration::ZERO);
         }
     }
 
     #[test]
     fn huge_counts_do_not_overflow() {
-        let b = LoginBackoff::new(1, Duration::from_secs(60));
-        assert_eq!(b.delay(u32::MAX), Duration::from_secs(60));
+        assert_eq!(policy(1, 60).delay(u32::MAX), Duration::from_secs(60));
+        assert_eq!(policy(u32::MAX, 60).delay(u32::MAX), Duration::ZERO);
     }
 
     #[test]
     fn stale_addresses_are_swept() {
-        let b = LoginBackoff::new(5, Duration::from_secs(1));
+        let (b, p) = (LoginBackoff::default(), policy(5, 1));
         let start = Instant::now();
         for i in 0..SWEEP_AT as u32 {
-            b.failed(IpAddr::V4(i.into()), start);
+            b.failed(IpAddr::V4(i.into()), start, p);
         }
-        b.failed(ip("10.0.0.1"), start + WINDOW);
+        b.failed(ip("10.0.0.1"), start + WINDOW, p);
         assert_eq!(b.tracked(), 1);
     }
 

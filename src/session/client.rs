@@ -158,7 +158,7 @@ pub async fn run(shared: Arc<Shared>, logged: LoggedIn, peer: SocketAddr) {
 impl Session {
     async fn start(shared: Arc<Shared>, logged: LoggedIn, peer: SocketAddr) -> Result<Session, (Fatal, ClientStream)> {
         let LoggedIn { stream, rbuf, tenant, user, settings, expires_at } = logged;
-        let mut params = match shared.pool.server_params(shared.config.upstream.pool_timeout).await {
+        let mut params = match shared.pool.server_params(shared.config().upstream.pool_timeout).await {
             Ok(p) => p.as_ref().clone(),
             Err(e) => return Err((pool_fatal(e), stream)),
         };
@@ -177,11 +177,11 @@ impl Session {
         build::backend_key_data(&mut cout, cancel.pid, cancel.secret);
         build::ready_for_query(&mut cout, IDLE);
         let scs = !params.iter().any(|(k, v)| k == "standard_conforming_strings" && v == "off");
-        let setting = shared.config.tenant.setting.clone();
+        let setting = shared.config().tenant.setting.clone();
         let stmt = inject::set_local(&setting, &tenant);
         let counted = shared.tenants.connect(tenant.as_str());
         tracing::info!(%peer, user = %user, tenant = %tenant.as_str(), tls = stream.is_tls(), "client logged in");
-        let shared_leeway = shared.config.auth.leeway;
+        let shared_leeway = shared.config().auth.leeway;
         Ok(Session {
             shared,
             peer,
@@ -257,7 +257,7 @@ impl Session {
     async fn process_client(&mut self) -> Result<bool, Fatal> {
         // Backpressure both ways: stop while either peer is not reading.
         while self.sout.len() < HIGH_WATER && self.cout.len() < HIGH_WATER {
-            let header = frame::complete_header(&self.cin, self.shared.config.listen.max_message_bytes)
+            let header = frame::complete_header(&self.cin, self.shared.config().listen.max_message_bytes)
                 .map_err(|e| Fatal::new("08P01", format!("invalid message from client: {e}")))?;
             let Some(h) = header else { break };
             // While a transaction-control outcome is pending, only COPY data
@@ -333,7 +333,7 @@ impl Session {
         let pooled = self
             .shared
             .pool
-            .checkout(&self.owner, self.shared.config.upstream.pool_timeout)
+            .checkout(&self.owner, self.shared.config().upstream.pool_timeout)
             .await
             .map_err(pool_fatal)?;
         let (pid, secret) = pooled.conn.key;

@@ -66,7 +66,12 @@ pub async fn handshake(tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Res
 
 /// Delays the answer to a failed login when its address keeps failing.
 async fn slow_down(peer: SocketAddr, shared: &Shared) {
-    let delay = shared.backoff.failed(backoff::key(peer.ip()), std::time::Instant::now());
+    let cfg = shared.config();
+    let policy = backoff::Policy {
+        threshold: cfg.listen.login_failures_before_backoff,
+        max_delay: cfg.listen.login_backoff_max,
+    };
+    let delay = shared.backoff.failed(backoff::key(peer.ip()), std::time::Instant::now(), policy);
     if !delay.is_zero() {
         tracing::warn!(%peer, delay_ms = delay.as_millis() as u64, "repeated failed logins from this address; answering slowly");
         tokio::time::sleep(delay).await;
@@ -171,7 +176,7 @@ async fn authenticate(
     }
     let user = check_startup(startup, shared)?;
     let settings = startup_settings(startup)?;
-    if !stream.is_tls() && !peer.ip().to_canonical().is_loopback() && !shared.config.listen.allow_plaintext_auth {
+    if !stream.is_tls() && !peer.ip().to_canonical().is_loopback() && !shared.config().listen.allow_plaintext_auth {
         return Err(Fatal::new("28000", "pgtenant requires TLS for clients that are not on loopback")
             .hint("connect with sslmode=require (or set listen.allow_plaintext_auth = true on a trusted network)"));
     }
@@ -179,7 +184,7 @@ async fn authenticate(
     build::authentication(&mut out, 3);
     write(stream, &out).await?;
     let token = read_password(stream, buf).await?;
-    let verified = shared.verifier.verify(&token).map_err(|e| {
+    let verified = shared.verifier.load().verify(&token).map_err(|e| {
         Fatal::new("28P01", format!("authentication failed: {e}"))
             .hint("the password must be a valid JWT for this proxy")
     })?;
@@ -206,7 +211,7 @@ fn check_startup(startup: &Startup, shared: &Shared) -> Result<String, Fatal> {
         .get("user")
         .filter(|u| !u.is_empty())
         .ok_or_else(|| Fatal::new("28000", "no user name specified in startup packet"))?;
-    let expected = &shared.config.upstream.database;
+    let expected = &shared.config().upstream.database;
     let database = startup.get("database").filter(|d| !d.is_empty()).unwrap_or(user);
     if database != expected {
         return Err(Fatal::new("3D000", format!("database \"{database}\" does not exist"))
@@ -215,7 +220,7 @@ fn check_startup(startup: &Startup, shared: &Shared) -> Result<String, Fatal> {
     if startup.get("replication").is_some_and(|v| v != "false" && v != "0" && v != "off" && v != "no") {
         return Err(Fatal::new("08P01", "replication connections are not supported by pgtenant"));
     }
-    let setting = &shared.config.tenant.setting;
+    let setting = &shared.config().tenant.setting;
     for (name, value) in &startup.params {
         let named = name.eq_ignore_ascii_case(setting);
         let in_options = name == "options" && normalize_options(value).contains(setting.as_str());

@@ -110,6 +110,11 @@ impl Gate {
         st.dispatch();
     }
 
+    /// The pool size in force.
+    pub fn size(&self) -> usize {
+        self.lock().size
+    }
+
     /// Current counts.
     pub fn stats(&self) -> GateStats {
         let st = self.lock();

@@ -84,7 +84,12 @@ impl Pool {
     /// Returns a connection that is idle (`ReadyForQuery 'I'`, nothing pending).
     pub fn checkin(&self, pooled: Pooled) {
         let Pooled { conn, _permit } = pooled;
-        self.inner.idle.lock().expect("pool lock").push(conn);
+        // After a reload shrank the pool, connections beyond the new size close.
+        let stats = self.inner.gate.stats();
+        let mut idle = self.inner.idle.lock().expect("pool lock");
+        if idle.len() + stats.lent <= self.inner.gate.size() {
+            idle.push(conn);
+        }
     }
 
     /// The server's ParameterStatus values, as reported to a new connection;
@@ -108,6 +113,16 @@ impl Pool {
     /// Number of idle connections (for tests and metrics).
     pub fn idle_count(&self) -> usize {
         self.inner.idle.lock().expect("pool lock").len()
+    }
+
+    /// Changes the pool size and the per-tenant cap (configuration reload).
+    /// Shrinking closes nothing: connections beyond the new size are closed
+    /// as they come back, because no permit lets them out again.
+    pub fn resize(&self, size: usize, per_tenant: usize) {
+        self.inner.gate.resize(size, per_tenant);
+        let mut idle = self.inner.idle.lock().expect("pool lock");
+        let excess = idle.len().saturating_sub(size);
+        idle.drain(..excess);
     }
 
     /// Closes every idle connection cleanly (at shutdown).

@@ -185,7 +185,7 @@ impl Session {
     /// Makes sure the attached server has `stmt` under its proxy name. A client
     /// Parse of a statement the server already has is answered by the proxy.
     pub(super) fn prepare_on_server(&mut self, stmt: &Statement, hidden: bool) {
-        let cap = self.shared.config.upstream.max_prepared_statements;
+        let cap = self.shared.config().upstream.max_prepared_statements;
         let server = self.server.as_mut().expect("a server is attached");
         if !server.conn.prepared.insert(stmt.id) {
             if !hidden {

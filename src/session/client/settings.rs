@@ -158,7 +158,7 @@ pub(super) async fn apply_startup_settings(
     owner: &Owner,
     settings: &Settings,
 ) -> Result<Vec<(String, String)>, Fatal> {
-    let mut pooled = shared.pool.checkout(owner, shared.config.upstream.pool_timeout).await.map_err(pool_fatal)?;
+    let mut pooled = shared.pool.checkout(owner, shared.config().upstream.pool_timeout).await.map_err(pool_fatal)?;
     let Some(sql) = params::apply_sql(settings, &pooled.conn.settings, true) else {
         shared.pool.checkin(pooled);
         return Ok(Vec::new());
