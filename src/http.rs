@@ -58,6 +58,7 @@ async fn render_metrics(State(http): State<Http>) -> Response {
     let snap = Snapshot {
         server_active: gate.lent,
         server_idle: shared.pool.idle_count(),
+        server_open: shared.pool.open_count(),
         pool_size: shared.config().upstream.pool_size,
         clients_connected: shared.tenants.connected_clients(),
         clients_waiting: gate.waiting,

@@ -171,6 +171,8 @@ pub struct Snapshot {
     pub server_active: usize,
     /// Server connections idle in the pool.
     pub server_idle: usize,
+    /// Server connections open, idle or lent.
+    pub server_open: usize,
     /// `upstream.pool_size`.
     pub pool_size: usize,
     /// Logged-in clients.
@@ -191,7 +193,7 @@ pub fn render(handle: &PrometheusHandle, snap: Snapshot, tenants: &Tenants, cfg:
     let gauge = |name: &'static str, v: usize| metrics::gauge!(name).set(v as f64);
     gauge("pgtenant_pool_server_connections_active", snap.server_active);
     gauge("pgtenant_pool_server_connections_idle", snap.server_idle);
-    gauge("pgtenant_pool_server_connections", snap.server_active + snap.server_idle);
+    gauge("pgtenant_pool_server_connections", snap.server_open);
     gauge("pgtenant_pool_size", snap.pool_size);
     gauge("pgtenant_clients_connected", snap.clients_connected);
     gauge("pgtenant_clients_active", snap.server_active);

@@ -161,9 +161,11 @@ impl Drop for Open {
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let handle = crate::metrics::install()?;
     let shared = Arc::new(Shared::new(config, config_path)?);
+    // The HTTP port first: once the client port accepts, everything is up.
+    let http = crate::http::bind(shared.clone(), handle.clone()).await?;
     let addr = shared.config().listen.addr;
     let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-    tokio::spawn(crate::http::bind(shared.clone(), handle.clone()).await?);
+    tokio::spawn(http);
     tokio::spawn(upkeep(handle));
     tracing::info!(%addr, "pgtenant listening");
     tokio::spawn(check_upstream(shared.clone()));
@@ -273,11 +275,11 @@ async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
         }
         // A peer that leaves during startup (a port probe, a health check) is not worth a warning.
         Ok(Err(fatal)) if fatal.code == "08006" => {
-            tracing::debug!(%peer, message = %fatal.message, "client left during startup")
+            tracing::debug!(%peer, error = %fatal.message, "client left during startup")
         }
         Ok(Err(fatal)) => {
             crate::metrics::login_failed(failure_reason(&fatal));
-            tracing::warn!(%peer, code = fatal.code, message = %fatal.message, "login refused")
+            tracing::warn!(%peer, code = fatal.code, error = %fatal.message, "login refused")
         }
         Ok(Ok(Outcome::Done)) => {}
         Ok(Ok(Outcome::LoggedIn(logged))) => {

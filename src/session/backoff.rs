@@ -65,7 +65,9 @@ impl LoginBackoff {
 
 impl Policy {
     fn delay(self, count: u32) -> Duration {
-        let Some(over) = count.checked_sub(self.threshold.saturating_add(1)) else { return Duration::ZERO };
+        let Some(over) = self.threshold.checked_add(1).and_then(|first| count.checked_sub(first)) else {
+            return Duration::ZERO;
+        };
         let factor = 1u32.checked_shl(over.min(16)).unwrap_or(u32::MAX);
         FIRST_DELAY.saturating_mul(factor).min(self.max_delay)
     }

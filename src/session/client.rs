@@ -134,7 +134,7 @@ pub async fn run(shared: Arc<Shared>, logged: LoggedIn, peer: SocketAddr) {
     let mut session = match Session::start(shared, logged, peer).await {
         Ok(s) => s,
         Err((fatal, mut stream)) => {
-            tracing::warn!(%peer, %tenant, code = fatal.code, message = %fatal.message, "session refused");
+            tracing::warn!(%peer, %tenant, code = fatal.code, error = %fatal.message, "session refused");
             fatal.send(&mut stream).await;
             return;
         }
@@ -144,7 +144,7 @@ pub async fn run(shared: Arc<Shared>, logged: LoggedIn, peer: SocketAddr) {
         match fatal.code {
             "57P01" => tracing::info!(%peer, %tenant, "client disconnected by the shutdown"),
             _ => {
-                tracing::warn!(%peer, %tenant, code = fatal.code, message = %fatal.message, "session ended with an error")
+                tracing::warn!(%peer, %tenant, code = fatal.code, error = %fatal.message, "session ended with an error")
             }
         }
         let mut buf = BytesMut::new();
@@ -152,7 +152,7 @@ pub async fn run(shared: Arc<Shared>, logged: LoggedIn, peer: SocketAddr) {
         session.cout.extend_from_slice(&buf);
     }
     session.finish().await;
-    tracing::info!(%peer, %tenant, seconds = started.elapsed().as_secs_f64(), "client disconnected");
+    tracing::info!(%peer, %tenant, duration_seconds = started.elapsed().as_secs_f64(), "client disconnected");
 }
 
 impl Session {

@@ -2,6 +2,7 @@
 //! one transaction at a time; admission (per-tenant cap, fair turns) is the
 //! [`Gate`]'s job.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,7 +32,9 @@ struct Inner {
     // A lent permit is a connection that may exist, idle ones excluded.
     gate: Arc<Gate>,
     // A std Mutex is fine: it is held only to push or pop, never across .await.
-    idle: Mutex<Vec<ServerConn>>,
+    idle: Mutex<Vec<(ServerConn, Counted)>>,
+    // Connections open now, idle or lent; each holds a `Counted`.
+    open: Arc<AtomicUsize>,
     server_params: Mutex<Option<ServerParams>>,
 }
 
@@ -44,6 +47,23 @@ pub struct Pooled {
     /// The connection itself.
     pub conn: ServerConn,
     _permit: Permit,
+    counted: Counted,
+}
+
+/// One open server connection, counted until dropped.
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(open: &Arc<AtomicUsize>) -> Counted {
+        open.fetch_add(1, Ordering::AcqRel);
+        Counted(open.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Pool {
@@ -54,6 +74,7 @@ impl Pool {
             connector,
             gate: Gate::new(size, per_tenant),
             idle: Mutex::new(Vec::new()),
+            open: Arc::default(),
             server_params: Mutex::new(None),
         };
         Pool { inner: Arc::new(inner) }
@@ -67,9 +88,9 @@ impl Pool {
             .await
             .map_err(|_| PoolError::Timeout(wait))?;
         crate::metrics::hot().pool_wait_seconds.record(started.elapsed().as_secs_f64());
-        while let Some(mut conn) = self.pop_idle() {
+        while let Some((mut conn, counted)) = self.pop_idle() {
             if !conn.is_broken() {
-                return Ok(Pooled { conn, _permit: permit });
+                return Ok(Pooled { conn, _permit: permit, counted });
             }
             tracing::info!("discarding a broken idle server connection");
         }
@@ -78,17 +99,15 @@ impl Pool {
         })?;
         crate::metrics::hot().server_connects.increment(1);
         self.remember_params(&conn);
-        Ok(Pooled { conn, _permit: permit })
+        Ok(Pooled { conn, _permit: permit, counted: Counted::new(&self.inner.open) })
     }
 
     /// Returns a connection that is idle (`ReadyForQuery 'I'`, nothing pending).
     pub fn checkin(&self, pooled: Pooled) {
-        let Pooled { conn, _permit } = pooled;
+        let Pooled { conn, _permit, counted } = pooled;
         // After a reload shrank the pool, connections beyond the new size close.
-        let stats = self.inner.gate.stats();
-        let mut idle = self.inner.idle.lock().expect("pool lock");
-        if idle.len() + stats.lent <= self.inner.gate.size() {
-            idle.push(conn);
+        if self.inner.open.load(Ordering::Acquire) <= self.inner.gate.size() {
+            self.inner.idle.lock().expect("pool lock").push((conn, counted));
         }
     }
 
@@ -121,15 +140,15 @@ impl Pool {
     pub fn resize(&self, size: usize, per_tenant: usize) {
         self.inner.gate.resize(size, per_tenant);
         let mut idle = self.inner.idle.lock().expect("pool lock");
-        let excess = idle.len().saturating_sub(size);
+        let excess = self.inner.open.load(Ordering::Acquire).saturating_sub(size).min(idle.len());
         idle.drain(..excess);
     }
 
     /// Closes every idle connection cleanly (at shutdown).
     pub async fn close_idle(&self) -> usize {
-        let idle: Vec<ServerConn> = std::mem::take(&mut *self.inner.idle.lock().expect("pool lock"));
+        let idle = std::mem::take(&mut *self.inner.idle.lock().expect("pool lock"));
         let n = idle.len();
-        for conn in idle {
+        for (conn, _counted) in idle {
             conn.terminate().await;
         }
         n
@@ -146,7 +165,12 @@ impl Pool {
         (cfg.host.clone(), cfg.port)
     }
 
-    fn pop_idle(&self) -> Option<ServerConn> {
+    /// Server connections open now, idle or lent.
+    pub fn open_count(&self) -> usize {
+        self.inner.open.load(Ordering::Acquire)
+    }
+
+    fn pop_idle(&self) -> Option<(ServerConn, Counted)> {
         // Most recently used first: its socket and backend caches are warm.
         self.inner.idle.lock().expect("pool lock").pop()
     }

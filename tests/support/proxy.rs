@@ -45,6 +45,8 @@ pub struct ProxyOptions {
     /// Host part of `listen.addr` (default `127.0.0.1`); the port is always picked by
     /// [`Proxy::start`]. A wildcard such as `0.0.0.0` still accepts on 127.0.0.1.
     pub listen_host: String,
+    /// Extra command-line arguments after `serve --config PATH` (e.g. `--log-format json`).
+    pub args: Vec<String>,
 }
 
 impl Default for ProxyOptions {
@@ -57,11 +59,18 @@ impl Default for ProxyOptions {
             env: Vec::new(),
             upstream_user: "app_user".to_string(),
             listen_host: "127.0.0.1".to_string(),
+            args: Vec::new(),
         }
     }
 }
 
 impl ProxyOptions {
+    /// Adds a command-line argument after `serve --config PATH`.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_string());
+        self
+    }
+
     /// Sets `upstream.pool_size`.
     pub fn pool_size(mut self, n: usize) -> Self {
         self.pool_size = n;
@@ -228,7 +237,7 @@ impl Proxy {
             let (port, http_port) = (free_port(), free_port());
             let config = options.render(pg, port, http_port, &secret);
             std::fs::write(dir.path().join("proxy.toml"), config).expect("write proxy.toml");
-            let mut child = spawn(dir.path(), &options.env);
+            let mut child = spawn(dir.path(), &options.env, &options.args);
             let reason = match wait_ready(&mut child, port).await {
                 Ok(()) => return Proxy { dir, child, port, http_port, secret },
                 Err(reason) => reason,
@@ -367,12 +376,13 @@ impl Drop for Proxy {
 }
 
 /// Starts `pgtenant serve --config <dir>/proxy.toml`, output to `<dir>/proxy.log`.
-fn spawn(dir: &Path, env: &[(String, String)]) -> Child {
+fn spawn(dir: &Path, env: &[(String, String)], args: &[String]) -> Child {
     let log = File::create(dir.join("proxy.log")).expect("create proxy.log");
     let mut cmd = Command::new(binary());
     cmd.arg("serve")
         .arg("--config")
         .arg(dir.join("proxy.toml"))
+        .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("clone log handle"))
