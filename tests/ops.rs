@@ -239,8 +239,7 @@ async fn sigterm_drains_idle_clients_now_and_open_transactions_when_they_end() {
     // Idle server connections were closed with a Terminate (PostgreSQL logs a
     // dropped idle connection only at DEBUG1, so the proxy's count is the evidence).
     let log = proxy.log();
-    let closed =
-        log.split("shut down server_connections=").nth(1).and_then(|rest| rest.trim().split_whitespace().next());
+    let closed = log.split("shut down server_connections=").nth(1).and_then(|rest| rest.split_whitespace().next());
     assert!(closed.and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n >= 1), "{log}");
     let su = pg.superuser().await;
     let left: i64 =
