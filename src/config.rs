@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 
+use crate::auth::fetch::HttpsUrl;
 use crate::auth::tenant::TenantFormat;
 
 /// Prefix of environment variables that can override file settings.
@@ -21,7 +22,8 @@ const SCHEMA: &[(&str, &str)] = &[
     ("listen", "addr tls_cert tls_key allow_plaintext_auth max_client_conn startup_timeout_seconds"),
     ("upstream", "host port database user password password_env pool_size tls tls_ca_file"),
     ("upstream", "connect_timeout_seconds pool_timeout_seconds max_prepared_statements allow_rls_bypassing_role"),
-    ("auth", "algorithms hs_secret_env hs_secret public_key_file jwks_file jwks_url"),
+    ("auth", "algorithms hs_secret_env hs_secret public_key_file jwks_file jwks_url jwks_ca_file"),
+    ("auth", "jwks_refresh_seconds jwks_min_refresh_seconds"),
     ("auth", "tenant_claim tenant_format issuer audience leeway_seconds"),
     ("tenant", "setting mode signing_key_env signing_key_file"),
     ("http", "addr"),
@@ -146,6 +148,33 @@ pub enum KeySource {
     HsSecret(Vec<u8>),
     /// PEM public key file (RSA, EC P-256/P-384 or Ed25519), readable at load time.
     PublicKeyPem(PathBuf),
+    /// A JSON Web Key Set, selected per token by `kid` (asymmetric algorithms only).
+    Jwks(JwksConfig),
+}
+
+/// `auth.jwks_*`: where the key set comes from and how often it is reloaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksConfig {
+    /// The file or URL.
+    pub location: JwksLocation,
+    /// Period of background reloads (`auth.jwks_refresh_seconds`).
+    pub refresh: Duration,
+    /// Least time between two loads triggered by unknown `kid`s (`auth.jwks_min_refresh_seconds`).
+    pub min_refresh: Duration,
+}
+
+/// `auth.jwks_file` or `auth.jwks_url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksLocation {
+    /// A local JWKS file, readable at load time.
+    File(PathBuf),
+    /// An `https://` URL, optionally verified against a private CA instead of the public roots.
+    Url {
+        /// The URL.
+        url: HttpsUrl,
+        /// `auth.jwks_ca_file`: PEM CA certificates to trust instead of the webpki roots.
+        ca_file: Option<PathBuf>,
+    },
 }
 
 /// `[tenant]` section.
@@ -236,6 +265,7 @@ impl fmt::Debug for KeySource {
         match self {
             KeySource::HsSecret(s) => write!(f, "HsSecret(<redacted, {} bytes>)", s.len()),
             KeySource::PublicKeyPem(p) => f.debug_tuple("PublicKeyPem").field(p).finish(),
+            KeySource::Jwks(j) => f.debug_tuple("Jwks").field(j).finish(),
         }
     }
 }
@@ -372,7 +402,6 @@ fn upstream_password(r: &mut Reader) -> Result<Option<String>, Reported> {
 fn auth(r: &mut Reader) -> Result<AuthConfig, Reported> {
     use TenantFormat::*;
     let algorithms = algorithms(r);
-    let jwks = reject_jwks(r);
     let key = match &algorithms {
         Ok(algs) => key_source(r, algs),
         Err(_) => Err(Reported),
@@ -382,7 +411,6 @@ fn auth(r: &mut Reader) -> Result<AuthConfig, Reported> {
     let issuer = r.opt_string("auth.issuer");
     let audience = r.opt_string("auth.audience");
     let leeway = r.int("auth.leeway_seconds", 0, 300, 30);
-    jwks?;
     Ok(AuthConfig {
         algorithms: algorithms?,
         key: key?,
@@ -433,19 +461,32 @@ fn key_source(r: &mut Reader, algs: &[Algorithm]) -> Result<KeySource, Reported>
     let secret = r.opt_string(SECRET);
     let secret_env = r.env_secret(SECRET_ENV);
     let pem = r.file(PEM);
+    let jwks = jwks(r);
     if algs.iter().any(|a| a.family() != AlgorithmFamily::Hmac) {
         let misplaced: Vec<&str> = [SECRET, SECRET_ENV].into_iter().filter(|k| r.is_set(k)).collect();
         for key in &misplaced {
             r.fail(key, "only used with HS algorithms; auth.algorithms are asymmetric");
         }
-        return match pem? {
-            Some(path) if misplaced.is_empty() => Ok(KeySource::PublicKeyPem(path)),
-            Some(_) => Err(Reported),
-            None => Err(r.fail(PEM, "required for asymmetric algorithms (a PEM public key)")),
+        return match (pem?, jwks?) {
+            (Some(_), Some(_)) => Err(r.fail(PEM, "set only one of auth.public_key_file, auth.jwks_file and auth.jwks_url")),
+            (Some(path), None) if misplaced.is_empty() => Ok(KeySource::PublicKeyPem(path)),
+            (None, Some(jwks)) if misplaced.is_empty() => Ok(KeySource::Jwks(jwks)),
+            (Some(_), None) | (None, Some(_)) => Err(Reported),
+            (None, None) => Err(r.fail(
+                PEM,
+                "required for asymmetric algorithms (a PEM public key), or set auth.jwks_file or auth.jwks_url",
+            )),
         };
     }
     if r.is_set(PEM) {
         r.fail(PEM, "only used with asymmetric algorithms; auth.algorithms are HS");
+    }
+    for key in [JWKS_FILE, JWKS_URL] {
+        // A JWKS publishes public keys; HS tokens would need the shared secret (and
+        // accepting one from a key set is the HS/RS confusion this must prevent).
+        if r.is_set(key) {
+            r.fail(key, "a JWKS only verifies asymmetric algorithms; auth.algorithms lists HS ones");
+        }
     }
     let (key, value) = match (secret?, secret_env?) {
         (Some(_), Some(_)) => {
@@ -464,19 +505,42 @@ fn key_source(r: &mut Reader, algs: &[Algorithm]) -> Result<KeySource, Reported>
         return Err(r.fail(key, msg));
     }
     pem?;
+    jwks?;
     Ok(KeySource::HsSecret(value.into_bytes()))
 }
 
-fn reject_jwks(r: &mut Reader) -> Result<(), Reported> {
-    let mut result = Ok(());
-    for key in ["auth.jwks_file", "auth.jwks_url"] {
-        match r.opt_string(key) {
-            Ok(None) => {}
-            Ok(Some(_)) => result = Err(r.fail(key, "not supported yet; use auth.public_key_file")),
-            Err(e) => result = Err(e),
+const JWKS_FILE: &str = "auth.jwks_file";
+const JWKS_URL: &str = "auth.jwks_url";
+const JWKS_CA: &str = "auth.jwks_ca_file";
+
+/// The `auth.jwks_*` keys; `Ok(None)` when neither a file nor a URL is set.
+fn jwks(r: &mut Reader) -> Result<Option<JwksConfig>, Reported> {
+    let file = r.file(JWKS_FILE);
+    let url = jwks_url(r);
+    let ca_file = r.file(JWKS_CA);
+    let refresh = r.int("auth.jwks_refresh_seconds", 1, 86_400, 300);
+    let min_refresh = r.int("auth.jwks_min_refresh_seconds", 1, 3600, 30);
+    let location = match (file?, url?, ca_file?) {
+        (Some(_), Some(_), _) => return Err(r.fail(JWKS_URL, "set only one of auth.jwks_file and auth.jwks_url")),
+        (_, None, Some(_)) => return Err(r.fail(JWKS_CA, "only used with auth.jwks_url")),
+        (Some(path), None, None) => JwksLocation::File(path),
+        (None, Some(url), ca_file) => JwksLocation::Url { url, ca_file },
+        (None, None, None) => return Ok(None),
+    };
+    Ok(Some(JwksConfig { location, refresh: seconds(refresh?), min_refresh: seconds(min_refresh?) }))
+}
+
+fn jwks_url(r: &mut Reader) -> Result<Option<HttpsUrl>, Reported> {
+    let Some(text) = r.opt_string(JWKS_URL)? else {
+        return Ok(None);
+    };
+    match HttpsUrl::parse(text.trim()) {
+        Ok(url) => Ok(Some(url)),
+        Err(e) => {
+            let msg = format!("{e}{}", r.got(JWKS_URL));
+            Err(r.fail(JWKS_URL, msg))
         }
     }
-    result
 }
 
 fn tenant_claim(r: &mut Reader) -> Result<String, Reported> {

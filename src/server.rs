@@ -60,6 +60,9 @@ impl Shared {
 /// Runs the proxy until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::new(config)?);
+    // A JWKS URL is first fetched here, in the background: an unreachable key
+    // server must not keep the proxy from starting (logins fail closed meanwhile).
+    shared.verifier.spawn_key_refresh();
     let listener = TcpListener::bind(shared.config.listen.addr)
         .await
         .with_context(|| format!("binding {}", shared.config.listen.addr))?;
