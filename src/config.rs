@@ -468,7 +468,9 @@ fn key_source(r: &mut Reader, algs: &[Algorithm]) -> Result<KeySource, Reported>
             r.fail(key, "only used with HS algorithms; auth.algorithms are asymmetric");
         }
         return match (pem?, jwks?) {
-            (Some(_), Some(_)) => Err(r.fail(PEM, "set only one of auth.public_key_file, auth.jwks_file and auth.jwks_url")),
+            (Some(_), Some(_)) => {
+                Err(r.fail(PEM, "set only one of auth.public_key_file, auth.jwks_file and auth.jwks_url"))
+            }
             (Some(path), None) if misplaced.is_empty() => Ok(KeySource::PublicKeyPem(path)),
             (None, Some(jwks)) if misplaced.is_empty() => Ok(KeySource::Jwks(jwks)),
             (Some(_), None) | (None, Some(_)) => Err(Reported),
@@ -860,7 +862,7 @@ hs_secret_env = "TEST_JWT_SECRET"
         fn new() -> Fixture {
             let dir = tempfile::tempdir().unwrap();
             std::fs::create_dir(dir.path().join("certs")).unwrap();
-            for f in ["certs/server.crt", "certs/server.key", "ca.crt", "jwt.pub.pem"] {
+            for f in ["certs/server.crt", "certs/server.key", "ca.crt", "jwt.pub.pem", "jwks.json"] {
                 std::fs::write(dir.path().join(f), "x").unwrap();
             }
             Fixture { dir }
@@ -1155,9 +1157,10 @@ mode = "signed"
         assert!(has(&errs, r#"auth.algorithms: unsupported algorithm "PS256""#) && has(&errs, r#""none""#), "{errs:?}");
         let errs = fx.errors(&with_auth("algorithms = []\nhs_secret_env = \"TEST_JWT_SECRET\""), &[]);
         assert_eq!(errs, vec!["auth.algorithms: must list at least one algorithm"]);
-        let jwks =
+        let both =
             with_auth("algorithms = [\"RS256\"]\npublic_key_file = \"jwt.pub.pem\"\njwks_url = \"https://x/jwks\"");
-        assert_eq!(fx.errors(&jwks, &[]), vec!["auth.jwks_url: not supported yet; use auth.public_key_file"]);
+        let msg = "auth.public_key_file: set only one of auth.public_key_file, auth.jwks_file and auth.jwks_url";
+        assert_eq!(fx.errors(&both, &[]), vec![msg]);
         let errs = fx.errors(
             &with_auth("hs_secret_env = \"TEST_JWT_SECRET\"\ntenant_claim = \"org..tenant\"\ntenant_format = \"int\""),
             &[],
@@ -1166,6 +1169,73 @@ mode = "signed"
             has(&errs, "auth.tenant_claim: expected a claim name")
                 && has(&errs, "auth.tenant_format: expected one of uuid, text")
         );
+    }
+
+    #[test]
+    fn jwks_sources() {
+        let fx = Fixture::new();
+        let base = fx.dir.path();
+        let with_auth = |auth: &str| format!("[upstream]\ndatabase = \"a\"\nuser = \"u\"\n[auth]\n{auth}\n");
+        let rs = "algorithms = [\"RS256\", \"ES256\"]\n";
+        let cfg = fx.load(&with_auth(&format!("{rs}jwks_file = \"jwks.json\"")), &[]).unwrap();
+        let location = JwksLocation::File(base.join("jwks.json"));
+        let want = JwksConfig { location, refresh: Duration::from_secs(300), min_refresh: Duration::from_secs(30) };
+        assert_eq!(cfg.auth.key, KeySource::Jwks(want));
+
+        let text = format!(
+            "{rs}jwks_url = \"https://idp.example/.well-known/jwks.json\"\njwks_ca_file = \"ca.crt\"\n\
+             jwks_refresh_seconds = 60\njwks_min_refresh_seconds = 5"
+        );
+        let KeySource::Jwks(jwks) = fx.load(&with_auth(&text), &[]).unwrap().auth.key else { panic!("not a JWKS") };
+        let url = HttpsUrl::parse("https://idp.example/.well-known/jwks.json").unwrap();
+        assert_eq!(jwks.location, JwksLocation::Url { url, ca_file: Some(base.join("ca.crt")) });
+        assert_eq!((jwks.refresh, jwks.min_refresh), (Duration::from_secs(60), Duration::from_secs(5)));
+
+        // Every key can come from the environment.
+        let vars = [
+            ("PGTENANT_AUTH_ALGORITHMS", "ES256"),
+            ("PGTENANT_AUTH_JWKS_URL", "https://127.0.0.1:8443/jwks"),
+            ("PGTENANT_AUTH_JWKS_CA_FILE", "ca.crt"),
+            ("PGTENANT_AUTH_JWKS_REFRESH_SECONDS", "10"),
+            ("PGTENANT_AUTH_JWKS_MIN_REFRESH_SECONDS", "2"),
+        ];
+        let KeySource::Jwks(jwks) = fx.load(&with_auth(""), &vars).unwrap().auth.key else { panic!("not a JWKS") };
+        assert!(matches!(&jwks.location, JwksLocation::Url { url, ca_file: Some(_) } if url.port() == 8443));
+        assert_eq!((jwks.refresh, jwks.min_refresh), (Duration::from_secs(10), Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn jwks_rules() {
+        let fx = Fixture::new();
+        let with_auth = |auth: &str| format!("[upstream]\ndatabase = \"a\"\nuser = \"u\"\n[auth]\n{auth}\n");
+        let rs = "algorithms = [\"RS256\"]\n";
+        let errs = fx.errors(&with_auth(&format!("{rs}jwks_url = \"http://idp.example/jwks\"")), &[]);
+        assert_eq!(errs, vec![r#"auth.jwks_url: must be an https:// URL, got "http://idp.example/jwks""#]);
+        let errs = fx.errors(&with_auth(rs), &[("PGTENANT_AUTH_JWKS_URL", "https://user:pw@idp.example/")]);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("auth.jwks_url (from PGTENANT_AUTH_JWKS_URL): must not contain user"), "{errs:?}");
+        let both = with_auth(&format!("{rs}jwks_file = \"jwks.json\"\njwks_url = \"https://idp.example/\""));
+        assert_eq!(fx.errors(&both, &[]), vec!["auth.jwks_url: set only one of auth.jwks_file and auth.jwks_url"]);
+        let stray_ca = with_auth(&format!("{rs}jwks_file = \"jwks.json\"\njwks_ca_file = \"ca.crt\""));
+        assert_eq!(fx.errors(&stray_ca, &[]), vec!["auth.jwks_ca_file: only used with auth.jwks_url"]);
+        let missing = with_auth(&format!("{rs}jwks_file = \"nope.json\""));
+        let errs = fx.errors(&missing, &[]);
+        assert!(has(&errs, "auth.jwks_file: ") && has(&errs, "nope.json cannot be read"), "{errs:?}");
+        let range = with_auth(&format!("{rs}jwks_file = \"jwks.json\"\njwks_refresh_seconds = 0"));
+        assert!(has(&fx.errors(&range, &[]), "auth.jwks_refresh_seconds: expected an integer between 1 and 86400"));
+        // HS algorithms never go with a JWKS (the HS/RS key-confusion attack).
+        let hs = with_auth(&format!("hs_secret = \"{SECRET}\"\njwks_url = \"https://idp.example/jwks\""));
+        let errs = fx.errors(&hs, &[]);
+        assert_eq!(
+            errs,
+            vec!["auth.jwks_url: a JWKS only verifies asymmetric algorithms; auth.algorithms lists HS ones"]
+        );
+        let hs_file =
+            with_auth(&format!("algorithms = [\"HS256\"]\nhs_secret = \"{SECRET}\"\njwks_file = \"jwks.json\""));
+        assert!(has(&fx.errors(&hs_file, &[]), "auth.jwks_file: a JWKS only verifies asymmetric algorithms"));
+        let none = fx.errors(&with_auth(rs), &[]);
+        assert!(has(&none, "auth.public_key_file: required for asymmetric algorithms"), "{none:?}");
+        assert!(has(&none, "or set auth.jwks_file or auth.jwks_url"), "{none:?}");
     }
 
     #[test]

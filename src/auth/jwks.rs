@@ -239,6 +239,7 @@ fn check_purpose(obj: &Map<String, Value>) -> Result<(), Skip> {
     match obj.get("use") {
         None => {}
         Some(Value::String(u)) if u == "sig" => {}
+        Some(Value::String(other)) => return Err(Skip::NotForSigning(quoted(other))),
         Some(other) => return Err(Skip::NotForSigning(quoted(&other.to_string()))),
     }
     match obj.get("key_ops") {
@@ -435,7 +436,8 @@ pub(crate) mod tests {
             (with(rsa(), json!({ "key_ops": ["encrypt"] })), "key_ops"),
             (with(rsa(), json!({ "d": "AAAA" })), "private key material"),
             (with(rsa(), json!({ "alg": "ES256" })), "does not fit a RSA key"),
-            (with(rsa(), json!({ "alg": "PS256" })), "not in auth.algorithms"),
+            (with(rsa(), json!({ "alg": "RS512" })), "its alg RS512 is not in auth.algorithms"),
+            (with(rsa(), json!({ "alg": "PS256" })), "does not fit a RSA key"),
             (with(rsa(), json!({ "alg": "none" })), "not supported"),
             (with(rsa(), json!({ "alg": "RSA-OAEP" })), "not supported"),
             (with(rsa(), json!({ "n": "AQAB" })), "has 17 bits"),

@@ -6,8 +6,8 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -535,6 +535,8 @@ fn pem_label(bytes: &[u8]) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::jwks::tests::public_jwk;
+    use crate::config::{JwksConfig, JwksLocation};
     use serde_json::json;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-test-only";
@@ -974,6 +976,169 @@ mod tests {
         assert_refused(&v, &mint_hs256(SECRET, &mint), AuthError::Expired);
         mint.ttl_seconds = i64::MAX;
         assert!(v.verify(&mint_hs256(SECRET, &mint)).is_ok());
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // JWKS
+    // -----------------------------------------------------------------------------------------
+
+    const ALL_ASYMMETRIC: &[Algorithm] = {
+        use Algorithm::*;
+        &[RS256, RS384, ES256, ES384, EdDSA]
+    };
+
+    /// A verifier over a JWKS file holding `keys`; the guard keeps the file alive.
+    fn jwks_verifier(keys: Vec<Value>, algorithms: &[Algorithm]) -> (Verifier, tempfile::NamedTempFile) {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), json!({ "keys": keys }).to_string()).unwrap();
+        let jwks = JwksConfig {
+            location: JwksLocation::File(file.path().to_owned()),
+            refresh: std::time::Duration::from_secs(300),
+            min_refresh: std::time::Duration::from_secs(1),
+        };
+        (Verifier::new(&config(algorithms, KeySource::Jwks(jwks))).unwrap(), file)
+    }
+
+    fn private_key(alg: Algorithm) -> EncodingKey {
+        match alg {
+            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => EncodingKey::from_rsa_pem(RSA_KEY.as_bytes()),
+            Algorithm::ES256 => EncodingKey::from_ec_pem(EC256_KEY.as_bytes()),
+            Algorithm::ES384 => EncodingKey::from_ec_pem(EC384_KEY.as_bytes()),
+            _ => EncodingKey::from_ed_pem(ED_KEY.as_bytes()),
+        }
+        .unwrap()
+    }
+
+    /// Signs `claims` with the test key for `alg`, naming `kid` in the header.
+    fn sign_kid(alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&header, claims, &private_key(alg)).unwrap()
+    }
+
+    fn all_key_types() -> Vec<Value> {
+        vec![
+            public_jwk(Algorithm::RS256, "rsa-1"),
+            public_jwk(Algorithm::ES256, "ec256-1"),
+            public_jwk(Algorithm::ES384, "ec384-1"),
+            public_jwk(Algorithm::EdDSA, "ed-1"),
+        ]
+    }
+
+    #[test]
+    fn jwks_keys_of_every_type_verify_by_kid() {
+        let (v, _g) = jwks_verifier(all_key_types(), ALL_ASYMMETRIC);
+        assert_eq!(v.keys_ready(), Ok(()));
+        for (alg, kid) in [
+            (Algorithm::RS256, "rsa-1"),
+            (Algorithm::RS384, "rsa-1"),
+            (Algorithm::ES256, "ec256-1"),
+            (Algorithm::ES384, "ec384-1"),
+            (Algorithm::EdDSA, "ed-1"),
+        ] {
+            let ok = v.verify(&sign_kid(alg, Some(kid), &claims())).unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+            assert_eq!(ok.tenant.as_str(), TENANT);
+            // The right key type under another kid is still the wrong key.
+            let other = if kid == "rsa-1" { "ec256-1" } else { "rsa-1" };
+            assert_refused(&v, &sign_kid(alg, Some(other), &claims()), AuthError::KeyAlgorithmMismatch);
+        }
+        // Tampering is still caught.
+        let good = sign_kid(Algorithm::ES256, Some("ec256-1"), &claims());
+        let other = sign_kid(Algorithm::ES256, Some("ec256-1"), &with(claims(), json!({ "sub": "mallory" })));
+        let spliced = format!("{}.{}", other.rsplit_once('.').unwrap().0, good.rsplit_once('.').unwrap().1);
+        assert_refused(&v, &spliced, AuthError::InvalidSignature);
+    }
+
+    #[test]
+    fn jwks_requires_a_kid() {
+        let (v, _g) = jwks_verifier(all_key_types(), ALL_ASYMMETRIC);
+        let token = sign_kid(Algorithm::RS256, None, &claims());
+        assert_refused(&v, &token, AuthError::MissingKid);
+        assert!(v.verify(&token).unwrap_err().to_string().contains("token has no kid"));
+        assert_refused(&v, &sign_kid(Algorithm::RS256, Some("nope"), &claims()), AuthError::UnknownKid);
+        let numeric_kid = raw_token(r#"{"alg":"RS256","kid":7}"#, &claims().to_string(), "AAAA");
+        assert_refused(&v, &numeric_kid, AuthError::Malformed);
+        // A single PEM key ignores kid, as before.
+        let (cfg, _p) = pem_config(RSA_PUB, &[Algorithm::RS256]);
+        assert!(Verifier::new(&cfg).unwrap().verify(&sign_kid(Algorithm::RS256, None, &claims())).is_ok());
+    }
+
+    #[test]
+    fn jwks_oct_keys_never_verify() {
+        let secret = URL_SAFE_NO_PAD.encode(SECRET);
+        let oct = json!({ "kty": "oct", "kid": "hmac", "k": secret, "alg": "HS256" });
+        let (v, _g) = jwks_verifier(vec![oct.clone(), public_jwk(Algorithm::RS256, "rsa-1")], &[Algorithm::RS256]);
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("hmac".to_owned());
+        let hs = jsonwebtoken::encode(&header, &claims(), &EncodingKey::from_secret(SECRET)).unwrap();
+        assert_refused(&v, &hs, AuthError::AlgorithmNotAllowed("HS256"));
+        // Relabelled as RS256 with kid "hmac": the oct key was never loaded.
+        let relabelled = raw_token(r#"{"alg":"RS256","kid":"hmac"}"#, &claims().to_string(), "AAAA");
+        assert_refused(&v, &relabelled, AuthError::UnknownKid);
+        // A set of only oct keys cannot be loaded at all.
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), json!({ "keys": [oct] }).to_string()).unwrap();
+        let jwks = JwksConfig {
+            location: JwksLocation::File(file.path().to_owned()),
+            refresh: std::time::Duration::from_secs(300),
+            min_refresh: std::time::Duration::from_secs(30),
+        };
+        let err = Verifier::new(&config(&[Algorithm::RS256], KeySource::Jwks(jwks.clone()))).unwrap_err();
+        assert!(err.to_string().contains("no usable signing key") && err.to_string().contains("oct"), "{err}");
+        // And HS algorithms with a JWKS are refused outright.
+        let err = Verifier::new(&config(&[Algorithm::HS256], KeySource::Jwks(jwks))).unwrap_err();
+        assert!(matches!(err, KeyError::HmacWithJwks("HS256")), "{err}");
+    }
+
+    #[test]
+    fn jwks_alg_member_must_equal_the_token_alg() {
+        let pinned = with(public_jwk(Algorithm::RS256, "rsa-384"), json!({ "alg": "RS384" }));
+        let (v, _g) = jwks_verifier(vec![pinned], &[Algorithm::RS256, Algorithm::RS384]);
+        assert!(v.verify(&sign_kid(Algorithm::RS384, Some("rsa-384"), &claims())).is_ok());
+        let rs256 = sign_kid(Algorithm::RS256, Some("rsa-384"), &claims());
+        assert_refused(&v, &rs256, AuthError::KeyAlgorithmMismatch);
+        assert_eq!(v.verify(&rs256).unwrap_err().to_string(), "token algorithm does not match its signing key");
+    }
+
+    #[test]
+    fn jwks_hs_rs_confusion_and_alg_none_rejected() {
+        let (v, _g) = jwks_verifier(vec![public_jwk(Algorithm::RS256, "rsa-1")], &[Algorithm::RS256]);
+        // HMAC-signed with the RSA public key (PEM, and the JWK's n) as the secret.
+        let n = public_jwk(Algorithm::RS256, "x")["n"].as_str().unwrap().to_owned();
+        for secret in [RSA_PUB.as_bytes(), n.as_bytes()] {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some("rsa-1".to_owned());
+            let forged = jsonwebtoken::encode(&header, &claims(), &EncodingKey::from_secret(secret)).unwrap();
+            assert_refused(&v, &forged, AuthError::AlgorithmNotAllowed("HS256"));
+            let hmac = forged.rsplit_once('.').unwrap().1;
+            let relabelled = raw_token(r#"{"alg":"RS256","kid":"rsa-1"}"#, &claims().to_string(), hmac);
+            assert_refused(&v, &relabelled, AuthError::InvalidSignature);
+        }
+        for alg in ["none", "None"] {
+            let header = format!(r#"{{"alg":"{alg}","kid":"rsa-1"}}"#);
+            assert_refused(&v, &raw_token(&header, &claims().to_string(), ""), AuthError::AlgorithmNotAllowed("none"));
+        }
+    }
+
+    #[tokio::test]
+    async fn jwks_unknown_kid_refreshes_once_then_verifies() {
+        let (v, file) = jwks_verifier(vec![public_jwk(Algorithm::RS256, "old")], &[Algorithm::RS256, Algorithm::ES256]);
+        let old = sign_kid(Algorithm::RS256, Some("old"), &claims());
+        let new = sign_kid(Algorithm::ES256, Some("new"), &claims());
+        assert!(v.verify_with_refresh(&old).await.is_ok());
+        let rotated = json!({ "keys": [public_jwk(Algorithm::RS256, "old"), public_jwk(Algorithm::ES256, "new")] });
+        std::fs::write(file.path(), rotated.to_string()).unwrap();
+        // Within auth.jwks_min_refresh_seconds of the startup load: not refetched yet.
+        assert_refused(&v, &new, AuthError::UnknownKid);
+        assert_eq!(v.verify_with_refresh(&new).await.unwrap_err(), AuthError::UnknownKid);
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        assert_eq!(v.verify_with_refresh(&new).await.unwrap().tenant.as_str(), TENANT);
+        assert!(v.verify(&new).is_ok(), "the refreshed set is kept");
+        // Errors other than an unknown kid never trigger a refresh.
+        assert_eq!(
+            v.verify_with_refresh(&sign_kid(Algorithm::ES256, None, &claims())).await,
+            Err(AuthError::MissingKid)
+        );
     }
 
     #[test]
