@@ -233,11 +233,13 @@ impl KeyStore {
     }
 
     fn install(&self, parsed: Parsed, document: Vec<u8>, state: &mut LoadState) {
+        let kids = format!("{:?}", parsed.set.kids());
+        // Swap first, log after: whoever reads "JWKS loaded" can rely on the new keys.
+        self.current.store(Some(Arc::new(parsed.set)));
         for skipped in &parsed.skipped {
             tracing::warn!(source = %self.describe(), "JWKS {skipped}");
         }
-        tracing::info!(source = %self.describe(), kids = ?parsed.set.kids(), "JWKS loaded");
-        self.current.store(Some(Arc::new(parsed.set)));
+        tracing::info!(source = %self.describe(), kids = %kids, "JWKS loaded");
         state.last_document = Some(document);
         *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
@@ -250,15 +252,17 @@ impl KeyStore {
         *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
     }
 
-    /// The regular period once keys are loaded; before that a backoff of 1, 2, 4 ... 30 s.
+    /// The regular period once keys are loaded. Before that, a backoff of 1, 2, 4 ... s, capped
+    /// by 30 s, the refresh period and the unknown-kid rate limit: logins are being refused, so
+    /// retry as often as an unknown kid could trigger a fetch, but no more.
     fn next_delay(&self, failures: &mut u32) -> Duration {
         if self.current.load().is_some() {
             *failures = 0;
             return self.refresh_every;
         }
-        let delay = Duration::from_secs(1 << (*failures).min(5)).min(MAX_RETRY_DELAY);
+        let backoff = Duration::from_secs(1 << (*failures).min(5));
         *failures += 1;
-        delay.min(self.refresh_every)
+        backoff.min(MAX_RETRY_DELAY).min(self.refresh_every).min(self.min_refresh)
     }
 
     /// `file PATH` or `URL URL`, for messages.
@@ -401,16 +405,19 @@ mod tests {
 
     #[test]
     fn retry_backoff_before_the_first_load() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let url = HttpsUrl::parse(&format!("https://127.0.0.1:{port}/jwks")).unwrap();
-        let cfg = JwksConfig {
-            location: JwksLocation::Url { url, ca_file: None },
-            refresh: Duration::from_secs(20),
-            min_refresh: Duration::from_secs(30),
+        let delays = |refresh: u64, min_refresh: u64| {
+            let url = HttpsUrl::parse("https://127.0.0.1:9/jwks").unwrap();
+            let cfg = JwksConfig {
+                location: JwksLocation::Url { url, ca_file: None },
+                refresh: Duration::from_secs(refresh),
+                min_refresh: Duration::from_secs(min_refresh),
+            };
+            let store = KeyStore::new(&cfg, &[Algorithm::RS256]).unwrap();
+            let mut failures = 0;
+            (0..8).map(|_| store.next_delay(&mut failures).as_secs()).collect::<Vec<_>>()
         };
-        let store = KeyStore::new(&cfg, &[Algorithm::RS256]).unwrap();
-        let mut failures = 0;
-        let delays: Vec<u64> = (0..7).map(|_| store.next_delay(&mut failures).as_secs()).collect();
-        assert_eq!(delays, vec![1, 2, 4, 8, 16, 20, 20]);
+        assert_eq!(delays(300, 3600), vec![1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(delays(20, 30), vec![1, 2, 4, 8, 16, 20, 20, 20]);
+        assert_eq!(delays(300, 5), vec![1, 2, 4, 5, 5, 5, 5, 5]);
     }
 }
