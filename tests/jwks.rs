@@ -104,10 +104,15 @@ async fn wait_for_log(proxy: &Proxy, needle: &str, timeout: Duration) {
     wait_for_log_count(proxy, needle, 1, timeout).await;
 }
 
+/// How many lines of the proxy log contain `needle`.
+fn log_count(proxy: &Proxy, needle: &str) -> usize {
+    proxy.log().lines().filter(|l| l.contains(needle)).count()
+}
+
 /// Waits up to `timeout` for `needle` to appear in at least `count` lines of the proxy log.
 async fn wait_for_log_count(proxy: &Proxy, needle: &str, count: usize, timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    while proxy.log().lines().filter(|l| l.contains(needle)).count() < count {
+    while log_count(proxy, needle) < count {
         assert!(Instant::now() < deadline, "{needle:?} not logged {count} times within {timeout:?}:\n{}", proxy.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -120,6 +125,13 @@ fn jwks_options(algorithms: &str, settings: &[(&str, String)]) -> ProxyOptions {
         options = options.set("auth", key, value.clone());
     }
     options
+}
+
+/// Replaces `path` by a rename, so the proxy's background re-read never sees half a file.
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write temp file");
+    std::fs::rename(&tmp, path).expect("rename over the JWKS file");
 }
 
 fn path_toml(path: &Path) -> String {
@@ -438,7 +450,7 @@ async fn jwks_file_picks_rs256_and_es256_keys_by_kid() {
     // Background re-read: a new kid in the file is picked up without a restart.
     let next = token(Algorithm::EdDSA, Some("ed-2025"), TENANT_A);
     let rotated = [public_jwk(Algorithm::ES256, "ec-2024"), public_jwk(Algorithm::EdDSA, "ed-2025")];
-    std::fs::write(&file, jwks(&rotated)).expect("rewrite jwks.json");
+    write_atomically(&file, &jwks(&rotated));
     wait_for_log_count(&proxy, "JWKS loaded", 2, Duration::from_secs(5)).await;
     // EdDSA is not in auth.algorithms: its key is skipped, and its tokens are refused by the allow-list.
     assert!(proxy.log().contains("(kid \"ed-2025\") skipped: a Ed25519 key verifies none"), "{}", proxy.log());
@@ -448,8 +460,10 @@ async fn jwks_file_picks_rs256_and_es256_keys_by_kid() {
     assert_eq!(accepted(&proxy, &token(Algorithm::ES256, Some("ec-2024"), TENANT_A)).await, TENANT_A);
 
     // A broken file later on keeps the last good keys, with a warning.
-    std::fs::write(&file, "{ not json").expect("break jwks.json");
-    wait_for_log(&proxy, "JWKS refresh failed; keeping the previous keys", Duration::from_secs(5)).await;
+    let warned = log_count(&proxy, "JWKS refresh failed; keeping the previous keys");
+    write_atomically(&file, "{ not json");
+    wait_for_log_count(&proxy, "is not valid JSON", 1, Duration::from_secs(5)).await;
+    assert!(log_count(&proxy, "JWKS refresh failed; keeping the previous keys") > warned, "{}", proxy.log());
     assert_eq!(accepted(&proxy, &token(Algorithm::ES256, Some("ec-2024"), TENANT_B)).await, TENANT_B);
 }
 
@@ -512,14 +526,14 @@ async fn jwks_url_with_a_private_ca_rotates_keys_under_a_rate_limit() {
     let pg = PgCluster::start().await;
     let certs = Certs::generate();
     let server = JwksServer::start(&certs, Answer::Jwks(jwks(&[public_jwk(Algorithm::RS256, "k1")]))).await;
-    let proxy = Proxy::start(&pg, server.options(&certs, "[\"RS256\", \"ES256\"]", 2)).await;
+    let proxy = Proxy::start(&pg, server.options(&certs, "[\"RS256\", \"ES256\"]", 3)).await;
     wait_for_log(&proxy, "JWKS loaded", Duration::from_secs(10)).await;
     assert_eq!(accepted(&proxy, &token(Algorithm::RS256, Some("k1"), TENANT_A)).await, TENANT_A);
     assert_eq!(server.fetches(), 1, "one fetch at startup");
     refused(&proxy, &token(Algorithm::RS256, None, TENANT_A), "token has no kid").await;
 
     // Rotation: the server starts publishing k2; a token with k2 triggers one refresh.
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     server.set(Answer::Jwks(jwks(&[public_jwk(Algorithm::RS256, "k1"), public_jwk(Algorithm::ES256, "k2")])));
     assert_eq!(accepted(&proxy, &token(Algorithm::ES256, Some("k2"), TENANT_B)).await, TENANT_B);
     assert_eq!(server.fetches(), 2, "the unknown kid k2 caused exactly one fetch");
@@ -549,7 +563,7 @@ async fn jwks_url_with_a_private_ca_rotates_keys_under_a_rate_limit() {
     assert_eq!(server.fetches(), during);
 
     // A failed refresh keeps the previous keys and logs a warning.
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     server.set(Answer::Redirect);
     refused(&proxy, &token(Algorithm::RS256, Some("k3"), TENANT_A), "not in the signing key set").await;
     wait_for_log(&proxy, "JWKS refresh failed; keeping the previous keys", Duration::from_secs(5)).await;

@@ -63,21 +63,22 @@ pub enum UrlError {
     InvalidPort,
 }
 
-/// Why a fetch failed. Messages say which step failed; they never include the body.
+/// Why a fetch failed. Messages say which step failed (including the I/O error, which is
+/// therefore not also a `source`); they never include the body.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// Resolving or connecting failed.
     #[error("cannot connect: {0}")]
-    Connect(#[source] io::Error),
+    Connect(io::Error),
     /// Connecting plus the TLS handshake took longer than the connect timeout.
     #[error("no connection within {0:?}")]
     ConnectTimeout(Duration),
     /// The TLS handshake failed (often: the certificate is not trusted or names another host).
     #[error("TLS handshake failed: {0}")]
-    Tls(#[source] io::Error),
+    Tls(io::Error),
     /// Sending the request or reading the response failed.
     #[error("connection failed while reading the response: {0}")]
-    Io(#[source] io::Error),
+    Io(io::Error),
     /// The whole response did not arrive within the read timeout.
     #[error("no complete response within {0:?}")]
     ReadTimeout(Duration),

@@ -52,35 +52,36 @@ pub enum Missing {
     UnknownKid,
 }
 
-/// Why a key set could not be loaded.
+/// Why a key set could not be loaded. The underlying error is part of each
+/// message rather than a separate `source`, so `{:#}` chains print it once.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The JWKS file could not be read.
-    #[error("JWKS file {path}: cannot read it: {source}")]
+    #[error("JWKS file {path}: cannot read it: {error}")]
     Read {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The JWKS file is larger than [`MAX_BODY`].
     #[error("JWKS file {0}: is larger than {MAX_BODY} bytes")]
     FileTooLarge(PathBuf),
     /// The JWKS URL could not be fetched.
-    #[error("JWKS URL {url}: {source}")]
+    #[error("JWKS URL {url}: {error}")]
     Fetch {
         /// The URL.
         url: String,
         /// What went wrong.
-        source: FetchError,
+        error: FetchError,
     },
     /// The document (from the file or URL) is not a usable key set.
-    #[error("JWKS {origin} {source}")]
+    #[error("JWKS {origin} {error}")]
     Invalid {
         /// `file PATH` or `URL URL`.
         origin: String,
         /// What is wrong with it.
-        source: JwksError,
+        error: JwksError,
     },
     /// The TLS configuration for the URL (the CA file) could not be built.
     #[error("auth.jwks_ca_file: {0}")]
@@ -223,13 +224,13 @@ impl KeyStore {
             // A local file of at most 1 MiB: reading it inline is cheaper than a blocking-pool hop.
             Source::File(path) => read_file(path),
             Source::Url { url, client } => {
-                client.get(url).await.map_err(|source| LoadError::Fetch { url: url.to_string(), source })
+                client.get(url).await.map_err(|error| LoadError::Fetch { url: url.to_string(), error })
             }
         }
     }
 
     fn parse(&self, document: &[u8]) -> Result<Parsed, LoadError> {
-        KeySet::parse(document, &self.allowed).map_err(|source| LoadError::Invalid { origin: self.describe(), source })
+        KeySet::parse(document, &self.allowed).map_err(|error| LoadError::Invalid { origin: self.describe(), error })
     }
 
     fn install(&self, parsed: Parsed, document: Vec<u8>, state: &mut LoadState) {
@@ -282,7 +283,7 @@ impl std::fmt::Debug for KeyStore {
 
 /// Reads a JWKS file, refusing more than [`MAX_BODY`] bytes as the fetcher does.
 fn read_file(path: &Path) -> Result<Vec<u8>, LoadError> {
-    let read_error = |source| LoadError::Read { path: path.to_owned(), source };
+    let read_error = |error| LoadError::Read { path: path.to_owned(), error };
     let file = std::fs::File::open(path).map_err(read_error)?;
     let mut bytes = Vec::new();
     file.take(MAX_BODY as u64 + 1).read_to_end(&mut bytes).map_err(read_error)?;
