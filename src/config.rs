@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 
+use crate::auth::fetch::HttpsUrl;
 use crate::auth::tenant::{TenantFormat, TenantId};
 
 /// Prefix of environment variables that can override file settings.
@@ -24,7 +25,8 @@ const SCHEMA: &[(&str, &str)] = &[
     ("upstream", "host port database user password password_env pool_size tls tls_ca_file"),
     ("upstream", "connect_timeout_seconds pool_timeout_seconds max_prepared_statements allow_rls_bypassing_role"),
     ("upstream", "max_connections_per_tenant channel_binding"),
-    ("auth", "algorithms hs_secret_env hs_secret public_key_file jwks_file jwks_url"),
+    ("auth", "algorithms hs_secret_env hs_secret public_key_file jwks_file jwks_url jwks_ca_file"),
+    ("auth", "jwks_refresh_seconds jwks_min_refresh_seconds"),
     ("auth", "tenant_claim tenant_format issuer audience leeway_seconds"),
     ("tenant", "setting mode signing_key_env signing_key_file"),
     ("http", "addr canary_tenant canary_query ready_check_seconds tenant_metrics_top tenant_metrics_all"),
@@ -175,6 +177,33 @@ pub enum KeySource {
     HsSecret(Vec<u8>),
     /// PEM public key file (RSA, EC P-256/P-384 or Ed25519), readable at load time.
     PublicKeyPem(PathBuf),
+    /// A JSON Web Key Set, selected per token by `kid` (asymmetric algorithms only).
+    Jwks(JwksConfig),
+}
+
+/// `auth.jwks_*`: where the key set comes from and how often it is reloaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksConfig {
+    /// The file or URL.
+    pub location: JwksLocation,
+    /// Period of background reloads (`auth.jwks_refresh_seconds`).
+    pub refresh: Duration,
+    /// Least time between two loads triggered by unknown `kid`s (`auth.jwks_min_refresh_seconds`).
+    pub min_refresh: Duration,
+}
+
+/// `auth.jwks_file` or `auth.jwks_url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksLocation {
+    /// A local JWKS file, readable at load time.
+    File(PathBuf),
+    /// An `https://` URL, optionally verified against a private CA instead of the public roots.
+    Url {
+        /// The URL.
+        url: HttpsUrl,
+        /// `auth.jwks_ca_file`: PEM CA certificates to trust instead of the webpki roots.
+        ca_file: Option<PathBuf>,
+    },
 }
 
 /// `[tenant]` section.
@@ -276,6 +305,7 @@ impl fmt::Debug for KeySource {
         match self {
             KeySource::HsSecret(s) => write!(f, "HsSecret(<redacted, {} bytes>)", s.len()),
             KeySource::PublicKeyPem(p) => f.debug_tuple("PublicKeyPem").field(p).finish(),
+            KeySource::Jwks(j) => f.debug_tuple("Jwks").field(j).finish(),
         }
     }
 }
@@ -474,7 +504,6 @@ fn upstream_password(r: &mut Reader) -> Result<Option<String>, Reported> {
 fn auth(r: &mut Reader) -> Result<AuthConfig, Reported> {
     use TenantFormat::*;
     let algorithms = algorithms(r);
-    let jwks = reject_jwks(r);
     let key = match &algorithms {
         Ok(algs) => key_source(r, algs),
         Err(_) => Err(Reported),
@@ -484,7 +513,6 @@ fn auth(r: &mut Reader) -> Result<AuthConfig, Reported> {
     let issuer = r.opt_string("auth.issuer");
     let audience = r.opt_string("auth.audience");
     let leeway = r.int("auth.leeway_seconds", 0, 300, 30);
-    jwks?;
     Ok(AuthConfig {
         algorithms: algorithms?,
         key: key?,
@@ -535,19 +563,34 @@ fn key_source(r: &mut Reader, algs: &[Algorithm]) -> Result<KeySource, Reported>
     let secret = r.opt_string(SECRET);
     let secret_env = r.env_secret(SECRET_ENV);
     let pem = r.file(PEM);
+    let jwks = jwks(r);
     if algs.iter().any(|a| a.family() != AlgorithmFamily::Hmac) {
         let misplaced: Vec<&str> = [SECRET, SECRET_ENV].into_iter().filter(|k| r.is_set(k)).collect();
         for key in &misplaced {
             r.fail(key, "only used with HS algorithms; auth.algorithms are asymmetric");
         }
-        return match pem? {
-            Some(path) if misplaced.is_empty() => Ok(KeySource::PublicKeyPem(path)),
-            Some(_) => Err(Reported),
-            None => Err(r.fail(PEM, "required for asymmetric algorithms (a PEM public key)")),
+        return match (pem?, jwks?) {
+            (Some(_), Some(_)) => {
+                Err(r.fail(PEM, "set only one of auth.public_key_file, auth.jwks_file and auth.jwks_url"))
+            }
+            (Some(path), None) if misplaced.is_empty() => Ok(KeySource::PublicKeyPem(path)),
+            (None, Some(jwks)) if misplaced.is_empty() => Ok(KeySource::Jwks(jwks)),
+            (Some(_), None) | (None, Some(_)) => Err(Reported),
+            (None, None) => Err(r.fail(
+                PEM,
+                "required for asymmetric algorithms (a PEM public key), or set auth.jwks_file or auth.jwks_url",
+            )),
         };
     }
     if r.is_set(PEM) {
         r.fail(PEM, "only used with asymmetric algorithms; auth.algorithms are HS");
+    }
+    for key in [JWKS_FILE, JWKS_URL] {
+        // A JWKS publishes public keys; HS tokens would need the shared secret (and
+        // accepting one from a key set is the HS/RS confusion this must prevent).
+        if r.is_set(key) {
+            r.fail(key, "a JWKS only verifies asymmetric algorithms; auth.algorithms lists HS ones");
+        }
     }
     let (key, value) = match (secret?, secret_env?) {
         (Some(_), Some(_)) => {
@@ -566,19 +609,42 @@ fn key_source(r: &mut Reader, algs: &[Algorithm]) -> Result<KeySource, Reported>
         return Err(r.fail(key, msg));
     }
     pem?;
+    jwks?;
     Ok(KeySource::HsSecret(value.into_bytes()))
 }
 
-fn reject_jwks(r: &mut Reader) -> Result<(), Reported> {
-    let mut result = Ok(());
-    for key in ["auth.jwks_file", "auth.jwks_url"] {
-        match r.opt_string(key) {
-            Ok(None) => {}
-            Ok(Some(_)) => result = Err(r.fail(key, "not supported yet; use auth.public_key_file")),
-            Err(e) => result = Err(e),
+const JWKS_FILE: &str = "auth.jwks_file";
+const JWKS_URL: &str = "auth.jwks_url";
+const JWKS_CA: &str = "auth.jwks_ca_file";
+
+/// The `auth.jwks_*` keys; `Ok(None)` when neither a file nor a URL is set.
+fn jwks(r: &mut Reader) -> Result<Option<JwksConfig>, Reported> {
+    let file = r.file(JWKS_FILE);
+    let url = jwks_url(r);
+    let ca_file = r.file(JWKS_CA);
+    let refresh = r.int("auth.jwks_refresh_seconds", 1, 86_400, 300);
+    let min_refresh = r.int("auth.jwks_min_refresh_seconds", 1, 3600, 30);
+    let location = match (file?, url?, ca_file?) {
+        (Some(_), Some(_), _) => return Err(r.fail(JWKS_URL, "set only one of auth.jwks_file and auth.jwks_url")),
+        (_, None, Some(_)) => return Err(r.fail(JWKS_CA, "only used with auth.jwks_url")),
+        (Some(path), None, None) => JwksLocation::File(path),
+        (None, Some(url), ca_file) => JwksLocation::Url { url, ca_file },
+        (None, None, None) => return Ok(None),
+    };
+    Ok(Some(JwksConfig { location, refresh: seconds(refresh?), min_refresh: seconds(min_refresh?) }))
+}
+
+fn jwks_url(r: &mut Reader) -> Result<Option<HttpsUrl>, Reported> {
+    let Some(text) = r.opt_string(JWKS_URL)? else {
+        return Ok(None);
+    };
+    match HttpsUrl::parse(text.trim()) {
+        Ok(url) => Ok(Some(url)),
+        Err(e) => {
+            let msg = format!("{e}{}", r.got(JWKS_URL));
+            Err(r.fail(JWKS_URL, msg))
         }
     }
-    result
 }
 
 fn tenant_claim(r: &mut Reader) -> Result<String, Reported> {
@@ -898,7 +964,7 @@ hs_secret_env = "TEST_JWT_SECRET"
         fn new() -> Fixture {
             let dir = tempfile::tempdir().unwrap();
             std::fs::create_dir(dir.path().join("certs")).unwrap();
-            for f in ["certs/server.crt", "certs/server.key", "ca.crt", "jwt.pub.pem"] {
+            for f in ["certs/server.crt", "certs/server.key", "ca.crt", "jwt.pub.pem", "jwks.json"] {
                 std::fs::write(dir.path().join(f), "x").unwrap();
             }
             Fixture { dir }
@@ -1235,9 +1301,10 @@ mode = "signed"
         assert!(has(&errs, r#"auth.algorithms: unsupported algorithm "PS256""#) && has(&errs, r#""none""#), "{errs:?}");
         let errs = fx.errors(&with_auth("algorithms = []\nhs_secret_env = \"TEST_JWT_SECRET\""), &[]);
         assert_eq!(errs, vec!["auth.algorithms: must list at least one algorithm"]);
-        let jwks =
+        let both =
             with_auth("algorithms = [\"RS256\"]\npublic_key_file = \"jwt.pub.pem\"\njwks_url = \"https://x/jwks\"");
-        assert_eq!(fx.errors(&jwks, &[]), vec!["auth.jwks_url: not supported yet; use auth.public_key_file"]);
+        let msg = "auth.public_key_file: set only one of auth.public_key_file, auth.jwks_file and auth.jwks_url";
+        assert_eq!(fx.errors(&both, &[]), vec![msg]);
         let errs = fx.errors(
             &with_auth("hs_secret_env = \"TEST_JWT_SECRET\"\ntenant_claim = \"org..tenant\"\ntenant_format = \"int\""),
             &[],
@@ -1246,6 +1313,73 @@ mode = "signed"
             has(&errs, "auth.tenant_claim: expected a claim name")
                 && has(&errs, "auth.tenant_format: expected one of uuid, text")
         );
+    }
+
+    #[test]
+    fn jwks_sources() {
+        let fx = Fixture::new();
+        let base = fx.dir.path();
+        let with_auth = |auth: &str| format!("[upstream]\ndatabase = \"a\"\nuser = \"u\"\n[auth]\n{auth}\n");
+        let rs = "algorithms = [\"RS256\", \"ES256\"]\n";
+        let cfg = fx.load(&with_auth(&format!("{rs}jwks_file = \"jwks.json\"")), &[]).unwrap();
+        let location = JwksLocation::File(base.join("jwks.json"));
+        let want = JwksConfig { location, refresh: Duration::from_secs(300), min_refresh: Duration::from_secs(30) };
+        assert_eq!(cfg.auth.key, KeySource::Jwks(want));
+
+        let text = format!(
+            "{rs}jwks_url = \"https://idp.example/.well-known/jwks.json\"\njwks_ca_file = \"ca.crt\"\n\
+             jwks_refresh_seconds = 60\njwks_min_refresh_seconds = 5"
+        );
+        let KeySource::Jwks(jwks) = fx.load(&with_auth(&text), &[]).unwrap().auth.key else { panic!("not a JWKS") };
+        let url = HttpsUrl::parse("https://idp.example/.well-known/jwks.json").unwrap();
+        assert_eq!(jwks.location, JwksLocation::Url { url, ca_file: Some(base.join("ca.crt")) });
+        assert_eq!((jwks.refresh, jwks.min_refresh), (Duration::from_secs(60), Duration::from_secs(5)));
+
+        // Every key can come from the environment.
+        let vars = [
+            ("PGTENANT_AUTH_ALGORITHMS", "ES256"),
+            ("PGTENANT_AUTH_JWKS_URL", "https://127.0.0.1:8443/jwks"),
+            ("PGTENANT_AUTH_JWKS_CA_FILE", "ca.crt"),
+            ("PGTENANT_AUTH_JWKS_REFRESH_SECONDS", "10"),
+            ("PGTENANT_AUTH_JWKS_MIN_REFRESH_SECONDS", "2"),
+        ];
+        let KeySource::Jwks(jwks) = fx.load(&with_auth(""), &vars).unwrap().auth.key else { panic!("not a JWKS") };
+        assert!(matches!(&jwks.location, JwksLocation::Url { url, ca_file: Some(_) } if url.port() == 8443));
+        assert_eq!((jwks.refresh, jwks.min_refresh), (Duration::from_secs(10), Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn jwks_rules() {
+        let fx = Fixture::new();
+        let with_auth = |auth: &str| format!("[upstream]\ndatabase = \"a\"\nuser = \"u\"\n[auth]\n{auth}\n");
+        let rs = "algorithms = [\"RS256\"]\n";
+        let errs = fx.errors(&with_auth(&format!("{rs}jwks_url = \"http://idp.example/jwks\"")), &[]);
+        assert_eq!(errs, vec![r#"auth.jwks_url: must be an https:// URL, got "http://idp.example/jwks""#]);
+        let errs = fx.errors(&with_auth(rs), &[("PGTENANT_AUTH_JWKS_URL", "https://user:pw@idp.example/")]);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("auth.jwks_url (from PGTENANT_AUTH_JWKS_URL): must not contain user"), "{errs:?}");
+        let both = with_auth(&format!("{rs}jwks_file = \"jwks.json\"\njwks_url = \"https://idp.example/\""));
+        assert_eq!(fx.errors(&both, &[]), vec!["auth.jwks_url: set only one of auth.jwks_file and auth.jwks_url"]);
+        let stray_ca = with_auth(&format!("{rs}jwks_file = \"jwks.json\"\njwks_ca_file = \"ca.crt\""));
+        assert_eq!(fx.errors(&stray_ca, &[]), vec!["auth.jwks_ca_file: only used with auth.jwks_url"]);
+        let missing = with_auth(&format!("{rs}jwks_file = \"nope.json\""));
+        let errs = fx.errors(&missing, &[]);
+        assert!(has(&errs, "auth.jwks_file: ") && has(&errs, "nope.json cannot be read"), "{errs:?}");
+        let range = with_auth(&format!("{rs}jwks_file = \"jwks.json\"\njwks_refresh_seconds = 0"));
+        assert!(has(&fx.errors(&range, &[]), "auth.jwks_refresh_seconds: expected an integer between 1 and 86400"));
+        // HS algorithms never go with a JWKS (the HS/RS key-confusion attack).
+        let hs = with_auth(&format!("hs_secret = \"{SECRET}\"\njwks_url = \"https://idp.example/jwks\""));
+        let errs = fx.errors(&hs, &[]);
+        assert_eq!(
+            errs,
+            vec!["auth.jwks_url: a JWKS only verifies asymmetric algorithms; auth.algorithms lists HS ones"]
+        );
+        let hs_file =
+            with_auth(&format!("algorithms = [\"HS256\"]\nhs_secret = \"{SECRET}\"\njwks_file = \"jwks.json\""));
+        assert!(has(&fx.errors(&hs_file, &[]), "auth.jwks_file: a JWKS only verifies asymmetric algorithms"));
+        let none = fx.errors(&with_auth(rs), &[]);
+        assert!(has(&none, "auth.public_key_file: required for asymmetric algorithms"), "{none:?}");
+        assert!(has(&none, "or set auth.jwks_file or auth.jwks_url"), "{none:?}");
     }
 
     #[test]

@@ -121,7 +121,10 @@ async fn check(shared: &Shared, conn: &mut Option<ServerConn>) -> Readiness {
         upstream: "ok".into(),
         role: "ok".into(),
         canary: "ok".into(),
-        keys: "ok".into(),
+        keys: match shared.verifier.load().keys_ready() {
+            Ok(()) => "ok".into(),
+            Err(why) => why,
+        },
         draining: "ok".into(),
     };
     let timeout = shared.config().upstream.connect_timeout;

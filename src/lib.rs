@@ -11,7 +11,8 @@
 //!   [`session::client`] (the pooling loop), [`session::inject`] (where the
 //!   tenant goes), [`session::outstanding`] (which replies to forward, drop or rewrite).
 //! - [`upstream`]: server connections ([`upstream::connect`]) and the [`upstream::pool`].
-//! - [`auth`]: JWT verification and the validated [`auth::tenant::TenantId`].
+//! - [`auth`]: JWT verification (one key, or a JWKS kept fresh by [`auth::keystore`]) and the
+//!   validated [`auth::tenant::TenantId`].
 //! - [`sql`]: the SQL lexer and statement inspector (pure).
 //! - [`wire`]: protocol framing and message builders (pure).
 //! - [`http`], [`health`], [`metrics`]: `/metrics`, `/health`, `/ready`.

@@ -54,6 +54,8 @@ pub struct Shared {
     pub phase: watch::Sender<Phase>,
     /// Client connections open now (bounded by `listen.max_client_conn`).
     pub clients: Arc<Clients>,
+    /// Held while a SIGHUP reload runs, so two never interleave.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 /// Where the process is in its life; a SIGTERM moves it forward.
@@ -98,6 +100,7 @@ impl Shared {
             tenants: Arc::default(),
             phase: watch::Sender::new(Phase::Running),
             clients: Arc::default(),
+            reloading: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -110,7 +113,7 @@ impl Shared {
     /// pool size change without dropping a connection. A file that does not
     /// load, or changes a key that needs a restart, is refused and the
     /// running configuration stays.
-    pub fn reload(&self) -> Result<Vec<&'static str>, String> {
+    pub async fn reload(&self) -> Result<Vec<&'static str>, String> {
         let path = self.config_path.as_deref().ok_or("no configuration file to reload")?;
         let next = Config::load(path).map_err(|e| e.to_string())?;
         let current = self.config();
@@ -119,14 +122,44 @@ impl Shared {
             return Err(format!("these keys change only with a restart: {}", restart.join(", ")));
         }
         let changed = crate::reload::reloadable_changes(&current, &next);
-        let verifier = Verifier::new(&next.auth).map_err(|e| format!("auth: {e}"))?;
+        // Unchanged keys keep their verifier (and its loaded JWKS); new ones
+        // must load before they replace the old, or logins would fail meanwhile.
+        let verifier = match current.auth == next.auth {
+            true => None,
+            false => Some(ready_verifier(&next).await?),
+        };
         if let Some(tls) = &self.tls {
             tls.log(tls.reload_if_changed());
         }
-        self.verifier.store(Arc::new(verifier));
+        if let Some(verifier) = verifier {
+            self.verifier.store(verifier);
+        }
         self.pool.resize(next.upstream.pool_size, next.upstream.max_connections_per_tenant);
         self.config.store(Arc::new(next));
         Ok(changed)
+    }
+}
+
+async fn reload(shared: Arc<Shared>) {
+    let _one_at_a_time = shared.reloading.lock().await;
+    match shared.reload().await {
+        Ok(changed) => tracing::info!(changed = ?changed, "configuration reloaded"),
+        Err(why) => tracing::error!(error = %why, "configuration NOT reloaded; the previous one stays in force"),
+    }
+}
+
+/// Builds the verifier for a reloaded configuration and waits (10 s at most)
+/// until its keys are usable.
+async fn ready_verifier(next: &Config) -> Result<Arc<Verifier>, String> {
+    let verifier = Arc::new(Verifier::new(&next.auth).map_err(|e| format!("auth: {e}"))?);
+    verifier.spawn_key_refresh();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match verifier.keys_ready() {
+            Ok(()) => return Ok(verifier),
+            Err(why) if tokio::time::Instant::now() >= deadline => return Err(format!("auth: {why}")),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
     }
 }
 
@@ -161,6 +194,9 @@ impl Drop for Open {
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let handle = crate::metrics::install()?;
     let shared = Arc::new(Shared::new(config, config_path)?);
+    // A JWKS URL is first fetched here, in the background: an unreachable key
+    // server must not keep the proxy from starting (logins fail closed meanwhile).
+    shared.verifier.load().spawn_key_refresh();
     // The HTTP port first: once the client port accepts, everything is up.
     let http = crate::http::bind(shared.clone(), handle.clone()).await?;
     let addr = shared.config().listen.addr;
@@ -188,10 +224,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
             },
-            _ = hup.recv() => match shared.reload() {
-                Ok(changed) => tracing::info!(changed = ?changed, "configuration reloaded"),
-                Err(why) => tracing::error!(error = %why, "configuration NOT reloaded; the previous one stays in force"),
-            },
+            // In a task: loading new JWKS keys must not hold up accepting clients.
+            _ = hup.recv() => {
+                tokio::spawn(reload(shared.clone()));
+            }
             _ = int.recv() => break,
             _ = term.recv() => break,
         }

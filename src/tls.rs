@@ -1,5 +1,5 @@
-//! rustls configurations: the proxy's listener certificate and the upstream
-//! connector. One crypto provider (aws-lc-rs) is used everywhere, passed
+//! rustls configurations: the proxy's listener certificate, the upstream
+//! connector and the JWKS fetcher. One crypto provider (aws-lc-rs) is used everywhere, passed
 //! explicitly so no process-wide default has to be installed.
 
 use std::path::{Path, PathBuf};
@@ -56,6 +56,35 @@ pub fn upstream_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<ClientConfi
             .with_no_client_auth(),
     };
     Ok(Arc::new(config))
+}
+
+/// TLS configuration for fetching a JWKS over HTTPS. The server is always
+/// verified: against `ca_file` alone when given (a private CA), else against
+/// the Mozilla roots compiled in by webpki-roots.
+pub fn https_client_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<ClientConfig>> {
+    let roots = match ca_file {
+        Some(path) => ca_roots(path)?,
+        None => RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() },
+    };
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // The fetcher speaks HTTP/1.1 only; say so, so a server never picks h2.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Every certificate in a PEM file, as trust anchors; an empty file is an error.
+fn ca_roots(path: &Path) -> anyhow::Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).with_context(|| format!("reading {}", path.display()))? {
+        roots.add(cert.with_context(|| format!("parsing {}", path.display()))?)?;
+    }
+    if roots.is_empty() {
+        bail!("no certificate found in {}", path.display());
+    }
+    Ok(roots)
 }
 
 /// The name to present and verify for an upstream host.

@@ -1,8 +1,13 @@
 //! JWT verification for client logins (the token is the password), and HS256 minting for the CLI and tests.
+//!
+//! The key is one HS secret, one PEM public key, or a JWKS ([`KeyStore`]) where
+//! the token's `kid` picks the key. In every case the algorithm must be on the
+//! configured allow-list *and* fit the key; the token header alone never decides.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -11,21 +16,30 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
 
+use crate::auth::keystore::{KeyStore, LoadError, Missing};
 use crate::auth::tenant::{TenantFormat, TenantId};
 use crate::config::{AuthConfig, KeySource, MIN_HS_SECRET_LEN};
 
 /// Largest accepted token, in bytes; anything longer is refused before parsing.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 
-/// Checks tokens against one configured key. Build once, share behind an `Arc`.
+/// Checks tokens against the configured key or key set. Build once, share behind an `Arc`.
 pub struct Verifier {
-    key: DecodingKey,
+    keys: Keys,
     // One Validation per allowed algorithm: jsonwebtoken insists that every
     // algorithm in a Validation matches the key family, and ES256/ES384 differ
     // by curve, so the token's algorithm selects its own.
     validations: Vec<(Algorithm, Validation)>,
     tenant_claim: String,
     tenant_format: TenantFormat,
+}
+
+/// Where verification keys come from.
+enum Keys {
+    /// One key for every token (HS secret or PEM public key).
+    Single(DecodingKey),
+    /// A JWKS: the token's `kid` selects the key.
+    Jwks(Arc<KeyStore>),
 }
 
 /// What a successfully verified token establishes.
@@ -58,6 +72,18 @@ pub enum AuthError {
     /// The signature does not verify with the configured key.
     #[error("token signature is invalid")]
     InvalidSignature,
+    /// With a JWKS, the header has no `kid`, so no key can be chosen.
+    #[error("token has no kid (key id) header; one is required to pick the signing key")]
+    MissingKid,
+    /// With a JWKS, no usable key has the token's `kid` (even after a refresh, when one was allowed).
+    #[error("token key id (kid) is not in the signing key set")]
+    UnknownKid,
+    /// With a JWKS, the key named by `kid` cannot verify the token's algorithm (key type, or the JWK's `alg`).
+    #[error("token algorithm does not match its signing key")]
+    KeyAlgorithmMismatch,
+    /// With a JWKS URL, no key set has loaded yet (fail closed).
+    #[error("signing keys are not available yet")]
+    KeysNotReady,
     /// `exp` (plus leeway) is in the past.
     #[error("token has expired")]
     Expired,
@@ -123,6 +149,12 @@ pub enum KeyError {
         /// The offending algorithm.
         alg: &'static str,
     },
+    /// HS algorithms cannot be verified with a JWKS (config rejects this too).
+    #[error("a JWKS only verifies asymmetric algorithms; auth.algorithms lists {0}")]
+    HmacWithJwks(&'static str),
+    /// The JWKS could not be set up (a bad file, or a bad CA file for the URL).
+    #[error(transparent)]
+    Jwks(#[from] LoadError),
 }
 
 /// Claims for [`mint_hs256`].
@@ -144,7 +176,7 @@ pub struct MintClaims {
 
 /// Key types the proxy understands; each verifies exactly the listed algorithms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KeyKind {
+pub(crate) enum KeyKind {
     Hmac,
     Rsa,
     EcP256,
@@ -153,7 +185,7 @@ enum KeyKind {
 }
 
 impl KeyKind {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             KeyKind::Hmac => "HMAC secret",
             KeyKind::Rsa => "RSA",
@@ -163,7 +195,7 @@ impl KeyKind {
         }
     }
 
-    fn verifies(self, alg: Algorithm) -> bool {
+    pub(crate) fn verifies(self, alg: Algorithm) -> bool {
         use Algorithm::*;
         matches!(
             (self, alg),
@@ -182,18 +214,53 @@ impl Verifier {
         if cfg.algorithms.is_empty() {
             return Err(KeyError::NoAlgorithms);
         }
-        let (key, kind) = match &cfg.key {
+        let keys = match &cfg.key {
             KeySource::HsSecret(secret) if secret.len() < MIN_HS_SECRET_LEN => {
                 return Err(KeyError::SecretTooShort(secret.len()));
             }
-            KeySource::HsSecret(secret) => (DecodingKey::from_secret(secret), KeyKind::Hmac),
-            KeySource::PublicKeyPem(path) => load_public_pem(path)?,
+            KeySource::HsSecret(secret) => single_key(DecodingKey::from_secret(secret), KeyKind::Hmac, cfg)?,
+            KeySource::PublicKeyPem(path) => {
+                let (key, kind) = load_public_pem(path)?;
+                single_key(key, kind, cfg)?
+            }
+            KeySource::Jwks(jwks) => {
+                if let Some(hs) = cfg.algorithms.iter().find(|a| KeyKind::Hmac.verifies(**a)) {
+                    return Err(KeyError::HmacWithJwks(alg_name(*hs)));
+                }
+                Keys::Jwks(Arc::new(KeyStore::new(jwks, &cfg.algorithms)?))
+            }
         };
-        if let Some(alg) = cfg.algorithms.iter().find(|a| !kind.verifies(**a)) {
-            return Err(KeyError::AlgorithmKeyMismatch { key: kind.name(), alg: alg_name(*alg) });
-        }
         let validations = cfg.algorithms.iter().map(|alg| (*alg, validation(cfg, *alg))).collect();
-        Ok(Verifier { key, validations, tenant_claim: cfg.tenant_claim.clone(), tenant_format: cfg.tenant_format })
+        Ok(Verifier { keys, validations, tenant_claim: cfg.tenant_claim.clone(), tenant_format: cfg.tenant_format })
+    }
+
+    /// Starts reloading a JWKS in the background (a URL is fetched at once); a no-op for a single key.
+    pub fn spawn_key_refresh(&self) {
+        if let Keys::Jwks(store) = &self.keys {
+            store.spawn_refresh();
+        }
+    }
+
+    /// `Ok` when tokens can be verified; otherwise why not (a JWKS URL that has not loaded yet).
+    pub fn keys_ready(&self) -> Result<(), String> {
+        match &self.keys {
+            Keys::Single(_) => Ok(()),
+            Keys::Jwks(store) => store.keys_ready(),
+        }
+    }
+
+    /// [`Verifier::verify`], but a token whose `kid` is unknown (or that arrives
+    /// before any key set loaded) waits for one rate-limited JWKS refresh and is
+    /// checked once more. The common case never awaits.
+    pub async fn verify_with_refresh(&self, token: &str) -> Result<VerifiedToken, AuthError> {
+        let first = self.verify(token);
+        match (&first, &self.keys) {
+            (Err(AuthError::UnknownKid | AuthError::KeysNotReady), Keys::Jwks(store)) => {
+                store.refresh_for_unknown_kid().await;
+                self.verify(token)
+            }
+            _ => first,
+        }
     }
 
     /// Verifies signature, algorithm, time claims, issuer, audience and tenant claim.
@@ -205,15 +272,28 @@ impl Verifier {
         }
         // Our own header check first: the allow-list decides, never the header,
         // and it lets `none`/unknown algorithms get a precise message.
-        let alg = header_algorithm(token)?;
+        let (alg, kid) = header_fields(token)?;
         let validation = self
             .validations
             .iter()
             .find(|(allowed, _)| *allowed == alg)
             .map(|(_, v)| v)
             .ok_or(AuthError::AlgorithmNotAllowed(alg_name(alg)))?;
-        let claims =
-            jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, validation).map_err(map_error)?.claims;
+        let claims = match &self.keys {
+            Keys::Single(key) => decode(token, key, validation)?,
+            Keys::Jwks(store) => {
+                let kid = kid.ok_or(AuthError::MissingKid)?;
+                let checked = store.with_key(&kid, |jwk| match jwk.accepts(alg) {
+                    true => decode(token, jwk.decoding_key(), validation),
+                    false => Err(AuthError::KeyAlgorithmMismatch),
+                });
+                match checked {
+                    Ok(claims) => claims?,
+                    Err(Missing::NotReady) => return Err(AuthError::KeysNotReady),
+                    Err(Missing::UnknownKid) => return Err(AuthError::UnknownKid),
+                }
+            }
+        };
         let tenant = self.tenant(&claims)?;
         let expires_at = claims.get("exp").and_then(numeric_date).ok_or(AuthError::MissingClaim("exp"))?;
         let subject = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
@@ -237,7 +317,12 @@ impl Verifier {
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let algs: Vec<&str> = self.validations.iter().map(|(a, _)| alg_name(*a)).collect();
+        let keys = match &self.keys {
+            Keys::Single(_) => "single key".to_owned(),
+            Keys::Jwks(store) => format!("{store:?}"),
+        };
         f.debug_struct("Verifier")
+            .field("keys", &keys)
             .field("algorithms", &algs)
             .field("tenant_claim", &self.tenant_claim)
             .field("tenant_format", &self.tenant_format)
@@ -286,8 +371,21 @@ fn validation(cfg: &AuthConfig, alg: Algorithm) -> Validation {
     v
 }
 
-/// Reads the header's `alg` without trusting anything else in it.
-fn header_algorithm(token: &str) -> Result<Algorithm, AuthError> {
+/// The single key's [`Keys`], after checking every allowed algorithm fits it.
+fn single_key(key: DecodingKey, kind: KeyKind, cfg: &AuthConfig) -> Result<Keys, KeyError> {
+    match cfg.algorithms.iter().find(|a| !kind.verifies(**a)) {
+        Some(alg) => Err(KeyError::AlgorithmKeyMismatch { key: kind.name(), alg: alg_name(*alg) }),
+        None => Ok(Keys::Single(key)),
+    }
+}
+
+/// Signature and claim checks by jsonwebtoken, with errors mapped to ours.
+fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Map<String, Value>, AuthError> {
+    Ok(jsonwebtoken::decode::<Map<String, Value>>(token, key, validation).map_err(map_error)?.claims)
+}
+
+/// Reads the header's `alg` and `kid` without trusting anything else in it.
+fn header_fields(token: &str) -> Result<(Algorithm, Option<String>), AuthError> {
     let mut parts = token.split('.');
     let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(AuthError::Malformed);
@@ -297,16 +395,21 @@ fn header_algorithm(token: &str) -> Result<Algorithm, AuthError> {
     if header.contains_key("crit") {
         return Err(AuthError::UnsupportedCritical);
     }
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(kid)) => Some(kid.clone()),
+        Some(_) => return Err(AuthError::Malformed),
+    };
     let name = header.get("alg").and_then(Value::as_str).ok_or(AuthError::Malformed)?;
     match Algorithm::from_str(name) {
-        Ok(alg) => Ok(alg),
+        Ok(alg) => Ok((alg, kid)),
         Err(_) if name.eq_ignore_ascii_case("none") => Err(AuthError::AlgorithmNotAllowed("none")),
         Err(_) => Err(AuthError::AlgorithmNotAllowed("(unrecognized)")),
     }
 }
 
 /// Static names, so error messages never carry header text.
-fn alg_name(alg: Algorithm) -> &'static str {
+pub(crate) fn alg_name(alg: Algorithm) -> &'static str {
     use Algorithm::*;
     match alg {
         HS256 => "HS256",
@@ -432,6 +535,8 @@ fn pem_label(bytes: &[u8]) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::jwks::tests::public_jwk;
+    use crate::config::{JwksConfig, JwksLocation};
     use serde_json::json;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-test-only";
@@ -871,6 +976,169 @@ mod tests {
         assert_refused(&v, &mint_hs256(SECRET, &mint), AuthError::Expired);
         mint.ttl_seconds = i64::MAX;
         assert!(v.verify(&mint_hs256(SECRET, &mint)).is_ok());
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // JWKS
+    // -----------------------------------------------------------------------------------------
+
+    const ALL_ASYMMETRIC: &[Algorithm] = {
+        use Algorithm::*;
+        &[RS256, RS384, ES256, ES384, EdDSA]
+    };
+
+    /// A verifier over a JWKS file holding `keys`; the guard keeps the file alive.
+    fn jwks_verifier(keys: Vec<Value>, algorithms: &[Algorithm]) -> (Verifier, tempfile::NamedTempFile) {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), json!({ "keys": keys }).to_string()).unwrap();
+        let jwks = JwksConfig {
+            location: JwksLocation::File(file.path().to_owned()),
+            refresh: std::time::Duration::from_secs(300),
+            min_refresh: std::time::Duration::from_secs(1),
+        };
+        (Verifier::new(&config(algorithms, KeySource::Jwks(jwks))).unwrap(), file)
+    }
+
+    fn private_key(alg: Algorithm) -> EncodingKey {
+        match alg {
+            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => EncodingKey::from_rsa_pem(RSA_KEY.as_bytes()),
+            Algorithm::ES256 => EncodingKey::from_ec_pem(EC256_KEY.as_bytes()),
+            Algorithm::ES384 => EncodingKey::from_ec_pem(EC384_KEY.as_bytes()),
+            _ => EncodingKey::from_ed_pem(ED_KEY.as_bytes()),
+        }
+        .unwrap()
+    }
+
+    /// Signs `claims` with the test key for `alg`, naming `kid` in the header.
+    fn sign_kid(alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&header, claims, &private_key(alg)).unwrap()
+    }
+
+    fn all_key_types() -> Vec<Value> {
+        vec![
+            public_jwk(Algorithm::RS256, "rsa-1"),
+            public_jwk(Algorithm::ES256, "ec256-1"),
+            public_jwk(Algorithm::ES384, "ec384-1"),
+            public_jwk(Algorithm::EdDSA, "ed-1"),
+        ]
+    }
+
+    #[test]
+    fn jwks_keys_of_every_type_verify_by_kid() {
+        let (v, _g) = jwks_verifier(all_key_types(), ALL_ASYMMETRIC);
+        assert_eq!(v.keys_ready(), Ok(()));
+        for (alg, kid) in [
+            (Algorithm::RS256, "rsa-1"),
+            (Algorithm::RS384, "rsa-1"),
+            (Algorithm::ES256, "ec256-1"),
+            (Algorithm::ES384, "ec384-1"),
+            (Algorithm::EdDSA, "ed-1"),
+        ] {
+            let ok = v.verify(&sign_kid(alg, Some(kid), &claims())).unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+            assert_eq!(ok.tenant.as_str(), TENANT);
+            // The right key type under another kid is still the wrong key.
+            let other = if kid == "rsa-1" { "ec256-1" } else { "rsa-1" };
+            assert_refused(&v, &sign_kid(alg, Some(other), &claims()), AuthError::KeyAlgorithmMismatch);
+        }
+        // Tampering is still caught.
+        let good = sign_kid(Algorithm::ES256, Some("ec256-1"), &claims());
+        let other = sign_kid(Algorithm::ES256, Some("ec256-1"), &with(claims(), json!({ "sub": "mallory" })));
+        let spliced = format!("{}.{}", other.rsplit_once('.').unwrap().0, good.rsplit_once('.').unwrap().1);
+        assert_refused(&v, &spliced, AuthError::InvalidSignature);
+    }
+
+    #[test]
+    fn jwks_requires_a_kid() {
+        let (v, _g) = jwks_verifier(all_key_types(), ALL_ASYMMETRIC);
+        let token = sign_kid(Algorithm::RS256, None, &claims());
+        assert_refused(&v, &token, AuthError::MissingKid);
+        assert!(v.verify(&token).unwrap_err().to_string().contains("token has no kid"));
+        assert_refused(&v, &sign_kid(Algorithm::RS256, Some("nope"), &claims()), AuthError::UnknownKid);
+        let numeric_kid = raw_token(r#"{"alg":"RS256","kid":7}"#, &claims().to_string(), "AAAA");
+        assert_refused(&v, &numeric_kid, AuthError::Malformed);
+        // A single PEM key ignores kid, as before.
+        let (cfg, _p) = pem_config(RSA_PUB, &[Algorithm::RS256]);
+        assert!(Verifier::new(&cfg).unwrap().verify(&sign_kid(Algorithm::RS256, None, &claims())).is_ok());
+    }
+
+    #[test]
+    fn jwks_oct_keys_never_verify() {
+        let secret = URL_SAFE_NO_PAD.encode(SECRET);
+        let oct = json!({ "kty": "oct", "kid": "hmac", "k": secret, "alg": "HS256" });
+        let (v, _g) = jwks_verifier(vec![oct.clone(), public_jwk(Algorithm::RS256, "rsa-1")], &[Algorithm::RS256]);
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("hmac".to_owned());
+        let hs = jsonwebtoken::encode(&header, &claims(), &EncodingKey::from_secret(SECRET)).unwrap();
+        assert_refused(&v, &hs, AuthError::AlgorithmNotAllowed("HS256"));
+        // Relabelled as RS256 with kid "hmac": the oct key was never loaded.
+        let relabelled = raw_token(r#"{"alg":"RS256","kid":"hmac"}"#, &claims().to_string(), "AAAA");
+        assert_refused(&v, &relabelled, AuthError::UnknownKid);
+        // A set of only oct keys cannot be loaded at all.
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), json!({ "keys": [oct] }).to_string()).unwrap();
+        let jwks = JwksConfig {
+            location: JwksLocation::File(file.path().to_owned()),
+            refresh: std::time::Duration::from_secs(300),
+            min_refresh: std::time::Duration::from_secs(30),
+        };
+        let err = Verifier::new(&config(&[Algorithm::RS256], KeySource::Jwks(jwks.clone()))).unwrap_err();
+        assert!(err.to_string().contains("no usable signing key") && err.to_string().contains("oct"), "{err}");
+        // And HS algorithms with a JWKS are refused outright.
+        let err = Verifier::new(&config(&[Algorithm::HS256], KeySource::Jwks(jwks))).unwrap_err();
+        assert!(matches!(err, KeyError::HmacWithJwks("HS256")), "{err}");
+    }
+
+    #[test]
+    fn jwks_alg_member_must_equal_the_token_alg() {
+        let pinned = with(public_jwk(Algorithm::RS256, "rsa-384"), json!({ "alg": "RS384" }));
+        let (v, _g) = jwks_verifier(vec![pinned], &[Algorithm::RS256, Algorithm::RS384]);
+        assert!(v.verify(&sign_kid(Algorithm::RS384, Some("rsa-384"), &claims())).is_ok());
+        let rs256 = sign_kid(Algorithm::RS256, Some("rsa-384"), &claims());
+        assert_refused(&v, &rs256, AuthError::KeyAlgorithmMismatch);
+        assert_eq!(v.verify(&rs256).unwrap_err().to_string(), "token algorithm does not match its signing key");
+    }
+
+    #[test]
+    fn jwks_hs_rs_confusion_and_alg_none_rejected() {
+        let (v, _g) = jwks_verifier(vec![public_jwk(Algorithm::RS256, "rsa-1")], &[Algorithm::RS256]);
+        // HMAC-signed with the RSA public key (PEM, and the JWK's n) as the secret.
+        let n = public_jwk(Algorithm::RS256, "x")["n"].as_str().unwrap().to_owned();
+        for secret in [RSA_PUB.as_bytes(), n.as_bytes()] {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some("rsa-1".to_owned());
+            let forged = jsonwebtoken::encode(&header, &claims(), &EncodingKey::from_secret(secret)).unwrap();
+            assert_refused(&v, &forged, AuthError::AlgorithmNotAllowed("HS256"));
+            let hmac = forged.rsplit_once('.').unwrap().1;
+            let relabelled = raw_token(r#"{"alg":"RS256","kid":"rsa-1"}"#, &claims().to_string(), hmac);
+            assert_refused(&v, &relabelled, AuthError::InvalidSignature);
+        }
+        for alg in ["none", "None"] {
+            let header = format!(r#"{{"alg":"{alg}","kid":"rsa-1"}}"#);
+            assert_refused(&v, &raw_token(&header, &claims().to_string(), ""), AuthError::AlgorithmNotAllowed("none"));
+        }
+    }
+
+    #[tokio::test]
+    async fn jwks_unknown_kid_refreshes_once_then_verifies() {
+        let (v, file) = jwks_verifier(vec![public_jwk(Algorithm::RS256, "old")], &[Algorithm::RS256, Algorithm::ES256]);
+        let old = sign_kid(Algorithm::RS256, Some("old"), &claims());
+        let new = sign_kid(Algorithm::ES256, Some("new"), &claims());
+        assert!(v.verify_with_refresh(&old).await.is_ok());
+        let rotated = json!({ "keys": [public_jwk(Algorithm::RS256, "old"), public_jwk(Algorithm::ES256, "new")] });
+        std::fs::write(file.path(), rotated.to_string()).unwrap();
+        // Within auth.jwks_min_refresh_seconds of the startup load: not refetched yet.
+        assert_refused(&v, &new, AuthError::UnknownKid);
+        assert_eq!(v.verify_with_refresh(&new).await.unwrap_err(), AuthError::UnknownKid);
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        assert_eq!(v.verify_with_refresh(&new).await.unwrap().tenant.as_str(), TENANT);
+        assert!(v.verify(&new).is_ok(), "the refreshed set is kept");
+        // Errors other than an unknown kid never trigger a refresh.
+        assert_eq!(
+            v.verify_with_refresh(&sign_kid(Algorithm::ES256, None, &claims())).await,
+            Err(AuthError::MissingKid)
+        );
     }
 
     #[test]

@@ -184,7 +184,7 @@ async fn authenticate(
     build::authentication(&mut out, 3);
     write(stream, &out).await?;
     let token = read_password(stream, buf).await?;
-    let verified = shared.verifier.load().verify(&token).map_err(|e| {
+    let verified = shared.verifier.load_full().verify_with_refresh(&token).await.map_err(|e| {
         Fatal::new("28P01", format!("authentication failed: {e}"))
             .hint("the password must be a valid JWT for this proxy")
     })?;
