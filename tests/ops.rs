@@ -215,7 +215,7 @@ async fn sigterm_drains_idle_clients_now_and_open_transactions_when_they_end() {
     assert_eq!(summarize(&idle.simple("SELECT 1").await), ["T", "D:1", "C:SELECT 1", "Z:I"]);
     let mut busy = proxy.raw_login(TENANT_B).await;
     assert_eq!(summarize(&busy.simple("BEGIN").await), ["C:BEGIN", "Z:T"]);
-    assert_eq!(proxy.http_get("/ready").await.0, 200);
+    ready_becomes(&proxy, 200).await;
 
     proxy.signal("TERM");
     // The idle client is told at once, with PostgreSQL's own shutdown error.
