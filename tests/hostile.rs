@@ -161,3 +161,58 @@ async fn repeated_failed_logins_from_one_address_are_answered_slowly() {
     assert_eq!(slow.await.unwrap().as_deref(), Some("28P01"));
     assert!(proxy.log().contains("repeated failed logins from this address"), "{}", proxy.log());
 }
+
+#[tokio::test]
+async fn messages_out_of_order_get_errors_not_hangs() {
+    let pg = PgCluster::start().await;
+    let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(2)).await;
+    let mut bystander = proxy.raw_login(TENANT_B).await;
+    let within = std::time::Duration::from_secs(10);
+
+    // Execute of a portal nobody bound, Bind of a statement nobody parsed: server errors.
+    let mut c = proxy.raw_login(TENANT_A).await;
+    c.execute("nope", 0).sync().flush().await;
+    let msgs = tokio::time::timeout(within, c.read_until_ready()).await.expect("an answer, not a hang");
+    assert_eq!(summarize(&msgs), ["E:34000", "Z:I"]);
+    c.bind("", "never_parsed", &[]).execute("", 0).sync().flush().await;
+    let msgs = tokio::time::timeout(within, c.read_until_ready()).await.expect("an answer, not a hang");
+    assert_eq!(summarize(&msgs), ["E:26000", "Z:I"]);
+    // CopyData and CopyDone outside COPY are ignored, as PostgreSQL does.
+    c.raw(b'd', b"stray").raw(b'c', b"").flush().await;
+    assert_eq!(summarize(&c.simple("SELECT 1").await), ["T", "D:1", "C:SELECT 1", "Z:I"]);
+
+    // A second password message, or a second startup packet, after login: a protocol violation.
+    for bytes in [&b"p\x00\x00\x00\x09abcd\x00"[..], b"\x00\x00\x00\x08\x00\x03\x00\x00"] {
+        let mut c = proxy.raw_login(TENANT_A).await;
+        c.raw_bytes(bytes).flush().await;
+        let msgs = tokio::time::timeout(within, c.expect_closed()).await.expect("closed, not hung");
+        assert_eq!(fatal_code(&msgs), "08P01", "{bytes:?}: {:?}", summarize(&msgs));
+    }
+    still_serves(&proxy, &mut bystander).await;
+}
+
+#[tokio::test]
+async fn silent_and_slow_clients_are_cut_off_at_the_startup_timeout() {
+    let pg = PgCluster::start().await;
+    let proxy = Proxy::start(&pg, ProxyOptions::default().set("listen", "startup_timeout_seconds", "1")).await;
+    // Silent after connecting.
+    let mut silent = RawClient::connect(proxy.port()).await;
+    // Sends the startup packet one byte at a time, too slowly to finish.
+    let mut slow = RawClient::connect(proxy.port()).await;
+    let trickle = tokio::spawn(async move {
+        for byte in b"\x00\x00\x00\x08\x04\xd2\x16" {
+            if slow.stream_mut().write_all(&[*byte]).await.is_err() {
+                return slow;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        }
+        slow
+    });
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), silent.expect_closed()).await;
+    assert!(closed.expect("the silent client was never cut off").is_empty());
+    let mut slow = trickle.await.unwrap();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), slow.expect_closed()).await;
+    assert!(closed.is_ok(), "the slow client was never cut off");
+    let mut fresh = proxy.raw_login(TENANT_A).await;
+    assert_eq!(summarize(&fresh.simple("SELECT 1").await), ["T", "D:1", "C:SELECT 1", "Z:I"]);
+}

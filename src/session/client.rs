@@ -257,6 +257,13 @@ impl Session {
     async fn process_client(&mut self) -> Result<bool, Fatal> {
         // Backpressure both ways: stop while either peer is not reading.
         while self.sout.len() < HIGH_WATER && self.cout.len() < HIGH_WATER {
+            // Like PostgreSQL, judge the type byte before waiting for a body
+            // whose length an unknown message could set to anything.
+            if let Some(&tag) = self.cin.first() {
+                if !FRONTEND_TAGS.contains(&tag) {
+                    return Err(invalid_type(tag));
+                }
+            }
             let header = frame::complete_header(&self.cin, self.shared.config().listen.max_message_bytes)
                 .map_err(|e| Fatal::new("08P01", format!("invalid message from client: {e}")))?;
             let Some(h) = header else { break };
@@ -285,9 +292,7 @@ impl Session {
             // need no server (PostgreSQL ignores the latter too).
             b'H' | b'd' | b'c' | b'f' if !attached => return Ok(true),
             b'Q' | b'F' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'H' | b'd' | b'c' | b'f' => {}
-            other => {
-                return Err(Fatal::new("08P01", format!("invalid frontend message type {other}")));
-            }
+            other => return Err(invalid_type(other)),
         }
         if tag == b'Q' && self.try_local_deallocate(&msg) {
             self.outstanding.drain_synthetic(&mut self.cout);
@@ -626,6 +631,13 @@ fn drive_write<W: AsyncWrite + Unpin>(
         }
     }
     Ok(wrote)
+}
+
+/// Message types a client may send after startup.
+const FRONTEND_TAGS: &[u8] = b"QFPBDECSHdcfX";
+
+fn invalid_type(tag: u8) -> Fatal {
+    Fatal::new("08P01", format!("invalid frontend message type {tag}"))
 }
 
 fn shutting_down() -> Fatal {
