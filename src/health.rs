@@ -2,9 +2,11 @@
 //! row-level security, does the RLS canary see its rows through the tenant
 //! injection path (and none without a tenant), and are we not draining?
 //!
-//! A background task re-checks on a dedicated server connection (not a pool
-//! slot: a busy pool is not a broken one) every `http.ready_check_seconds`;
-//! `/ready` reports the last result, so probes cost nothing upstream.
+//! A background task re-checks every `http.ready_check_seconds` on a
+//! connection borrowed from the pool (so `upstream.pool_size` stays the
+//! upstream's whole budget); when the pool is too busy to lend one, the
+//! previous verdict stands: a saturated pool is a working one. `/ready`
+//! reports the last result, so probes cost nothing upstream.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +17,7 @@ use serde::Serialize;
 use crate::server::Shared;
 use crate::session::inject;
 use crate::upstream::connect::{ServerConn, UpstreamError};
-use crate::upstream::role;
+use crate::upstream::{role, Owner, PoolError};
 
 /// The readiness verdict and what it is made of.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -102,7 +104,6 @@ impl Health {
 
 /// Re-checks readiness forever.
 pub async fn watch(shared: Arc<Shared>) {
-    let mut conn: Option<ServerConn> = None;
     let mut tick = tokio::time::interval(shared.config().http.ready_check_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -110,13 +111,14 @@ pub async fn watch(shared: Arc<Shared>) {
         if shared.health.is_draining() {
             return;
         }
-        let readiness = check(&shared, &mut conn).await;
-        shared.health.store(readiness);
+        if let Some(readiness) = check(&shared).await {
+            shared.health.store(readiness);
+        }
     }
 }
 
-/// One round of checks; keeps `conn` for the next round when it is healthy.
-async fn check(shared: &Shared, conn: &mut Option<ServerConn>) -> Readiness {
+/// One round of checks; `None` when the pool had no connection to spare.
+async fn check(shared: &Shared) -> Option<Readiness> {
     let mut checks = Checks {
         upstream: "ok".into(),
         role: "ok".into(),
@@ -128,31 +130,39 @@ async fn check(shared: &Shared, conn: &mut Option<ServerConn>) -> Readiness {
         draining: "ok".into(),
     };
     let timeout = shared.config().upstream.connect_timeout;
-    let outcome = tokio::time::timeout(timeout * 2, upstream_checks(shared, conn, &mut checks)).await;
-    if outcome.is_err() {
-        *conn = None;
-        checks.upstream = "timed out checking the upstream".into();
-        checks.role = "skipped: upstream not reachable".into();
-        checks.canary = "skipped: upstream not reachable".into();
-    }
-    verdict(checks)
-}
-
-async fn upstream_checks(shared: &Shared, slot: &mut Option<ServerConn>, checks: &mut Checks) {
-    let skipped = "skipped: upstream not reachable";
-    if slot.as_mut().is_none_or(|c| c.is_broken()) {
-        *slot = None;
-        match shared.pool.connector().connect_unchecked().await {
-            Ok(c) => *slot = Some(c),
-            Err(e) => {
-                checks.upstream = format!("cannot connect: {e}");
-                checks.role = skipped.into();
-                checks.canary = skipped.into();
-                return;
-            }
+    match tokio::time::timeout(timeout * 2, upstream_checks(shared, &mut checks)).await {
+        Ok(true) => {}
+        Ok(false) => return None,
+        Err(_) => {
+            checks.upstream = "timed out checking the upstream".into();
+            checks.role = SKIPPED.into();
+            checks.canary = SKIPPED.into();
         }
     }
-    let conn = slot.as_mut().expect("connected above");
+    Some(verdict(checks))
+}
+
+const SKIPPED: &str = "skipped: upstream not reachable";
+
+/// Fills in the upstream, role and canary checks; false when the pool was busy.
+async fn upstream_checks(shared: &Shared, checks: &mut Checks) -> bool {
+    let mut pooled = match shared.pool.checkout(&Owner::Proxy, BORROW_WAIT).await {
+        Ok(p) => p,
+        Err(PoolError::Timeout(_)) => return false,
+        Err(PoolError::Connect(UpstreamError::UnsafeRole(why))) => {
+            checks.role = why;
+            checks.canary = "skipped: the role check failed".into();
+            return true;
+        }
+        Err(PoolError::Connect(e)) => {
+            checks.upstream = format!("cannot connect: {e}");
+            checks.role = SKIPPED.into();
+            checks.canary = SKIPPED.into();
+            return true;
+        }
+    };
+    let conn = &mut pooled.conn;
+    // Grants can change after a connection was opened: ask again.
     match role::bypass_reasons_of(conn).await {
         Ok(reasons) if reasons.is_empty() => {}
         Ok(reasons) if shared.config().upstream.allow_rls_bypassing_role => {
@@ -162,21 +172,29 @@ async fn upstream_checks(shared: &Shared, slot: &mut Option<ServerConn>, checks:
             checks.role = format!("upstream.user can bypass row-level security: {}", reasons.join("; "));
         }
         Err(e) => {
-            *slot = None;
             checks.upstream = format!("upstream failed during the check: {e}");
-            checks.role = skipped.into();
-            checks.canary = skipped.into();
-            return;
+            checks.role = SKIPPED.into();
+            checks.canary = SKIPPED.into();
+            return true;
         }
     }
-    checks.canary = match canary(shared, conn).await {
-        Ok(verdict) => verdict,
+    match canary(shared, conn).await {
+        Ok(verdict) => checks.canary = verdict,
         Err(e) => {
-            *slot = None;
-            format!("upstream failed during the canary: {e}")
+            checks.canary = format!("upstream failed during the canary: {e}");
+            return true;
         }
-    };
+    }
+    // Both queries leave nothing behind (the canary's SET LOCAL ended with
+    // its implicit transaction), so the connection can go back.
+    if conn.rbuf.is_empty() {
+        shared.pool.checkin(pooled);
+    }
+    true
 }
+
+/// How long the checker waits for a pool connection before keeping its last verdict.
+const BORROW_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs the canary query for the canary tenant, rewritten by the same code
 /// that injects the tenant into client queries, and once without a tenant.

@@ -147,12 +147,6 @@ impl Connector {
             .map_err(|_| UpstreamError::Timeout)?
     }
 
-    /// Opens and logs in one server connection without the role check, for
-    /// the readiness checker, which reports the role's problems itself.
-    pub async fn connect_unchecked(&self) -> Result<ServerConn, UpstreamError> {
-        tokio::time::timeout(self.cfg.connect_timeout, self.open()).await.map_err(|_| UpstreamError::Timeout)?
-    }
-
     async fn open(&self) -> Result<ServerConn, UpstreamError> {
         let tcp = TcpStream::connect((self.cfg.host.as_str(), self.cfg.port)).await?;
         tcp.set_nodelay(true)?;

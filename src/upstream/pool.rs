@@ -154,11 +154,6 @@ impl Pool {
         n
     }
 
-    /// The connector, for connections outside the pool (readiness checks).
-    pub fn connector(&self) -> &Connector {
-        &self.inner.connector
-    }
-
     /// The upstream address, for cancel requests.
     pub fn upstream_addr(&self) -> (String, u16) {
         let cfg = &self.inner.connector.cfg;
