@@ -62,18 +62,145 @@ const UNSAFE_ENCODINGS: [&str; 6] = ["SJIS", "BIG5", "GBK", "UHC", "GB18030", "J
 
 /// Refused although PostgreSQL, running the statement alone, changed no protected setting:
 /// deliberate, conservative refusals. (statement text as the inspector splits it, why)
-const CONSERVATIVE: &[(&str, &str)] = &[];
+const CONSERVATIVE: &[(&str, &str)] = &[
+    // Any SET/RESET naming a protected setting is refused, whatever its value or effect.
+    (
+        "SET app.current_tenant_id FROM CURRENT",
+        "no change alone, but it makes a SET LOCAL value session-wide (multi record)",
+    ),
+    ("SET SESSION app.current_tenant_id FROM CURRENT", "as above"),
+    ("SET app.current_tenant_id = 'a', 'b'", "PostgreSQL rejects the value list (22023); the value is not looked at"),
+    ("ALTER ROLE app_user RESET app.current_tenant_id", "removes a stored default; there was none here"),
+    ("ALTER DATABASE oracle RESET app.current_tenant_id", "removes a stored default; there was none here"),
+    ("ALTER FUNCTION fx.f() RESET app.current_tenant_id", "removes a routine's SET clause; there was none here"),
+    ("ALTER SYSTEM RESET app.current_tenant_id", "removes an auto.conf entry; there was none here"),
+    ("ALTER SYSTEM SET app.current_tenant_id TO DEFAULT", "removes an auto.conf entry; there was none here"),
+    ("SET standard_conforming_strings = on", "already on, so nothing changes"),
+    ("RESET standard_conforming_strings", "already the default, so nothing changes"),
+    // Whether an expression is evaluated is not decidable from the text.
+    ("SELECT set_config('app.current_tenant_id', 'evil', false) WHERE false", "no row, so never evaluated"),
+    ("SELECT set_config('app.current_tenant_id', 'evil', false) LIMIT 0", "no row fetched, so never evaluated"),
+    ("EXPLAIN SELECT set_config('app.current_tenant_id', 'evil', false)", "plain EXPLAIN only plans"),
+    // set_config whose setting name is not a plain literal may name any setting (wire contract).
+    ("SELECT set_config('search_' || 'path', 'fx, public', false)", "the computed name is search_path here"),
+    (
+        "SELECT set_config(setting_name => 'search_path', new_value => 'fx', is_local => false)",
+        "not a literal first argument (PostgreSQL: no such argument names, 42883)",
+    ),
+    // A set_config that is not called with a literal name may be a function reference
+    // (an aggregate's SFUNC = set_config): every such mention is refused.
+    ("SELECT set_config FROM t", "a column reference (42703 here)"),
+    ("SELECT 1 AS set_config", "a column label"),
+    ("CREATE TEMP TABLE tmp_set (set_config text, \"app.current_tenant_id\" text)", "a column name"),
+    // Objects that change the setting when used later (each has a multi record that uses it).
+    ("PREPARE p_sc AS SELECT set_config('app.current_tenant_id', 'evil', false)", "changes it on EXECUTE"),
+    ("DECLARE c_sc CURSOR FOR SELECT set_config('app.current_tenant_id', 'evil', false)", "changes it on FETCH"),
+    ("CREATE TEMP VIEW v_sc AS SELECT set_config('app.current_tenant_id', 'evil', false) AS v", "changes it when read"),
+    (
+        "CREATE FUNCTION scratch.f_atomic() RETURNS text LANGUAGE sql BEGIN ATOMIC \
+         SELECT set_config('app.current_tenant_id', 'evil', false); END",
+        "changes it when called",
+    ),
+    (
+        "CREATE AGGREGATE pg_temp.agg_sc(text, boolean) (SFUNC = set_config, STYPE = text, \
+         INITCOND = 'app.current_tenant_id')",
+        "calls set_config with its state as the name when used",
+    ),
+    (
+        "CREATE AGGREGATE pg_temp.agg_lit(text, boolean) (SFUNC = 'set_config', STYPE = text, \
+         INITCOND = 'app.current_tenant_id')",
+        "the same, the function named by a string",
+    ),
+    (
+        "CREATE AGGREGATE pg_temp.agg_fin(text, boolean) (SFUNC = textcat, STYPE = text, INITCOND = '', \
+         FINALFUNC = 'set_config', FINALFUNC_EXTRA)",
+        "calls set_config(state, arguments) when used",
+    ),
+    (
+        "CREATE AGGREGATE pg_temp.agg_rw(text) (SFUNC = ts_rewrite, STYPE = tsquery, INITCOND = 'a')",
+        "runs its argument as SQL when used",
+    ),
+    (
+        "CREATE OPERATOR pg_temp.### (LEFTARG = tsquery, RIGHTARG = text, FUNCTION = 'ts_rewrite')",
+        "runs its right operand as SQL when used",
+    ),
+    (
+        "CREATE RULE r_sc AS ON INSERT TO scratch.r DO ALSO SELECT set_config('app.current_tenant_id', 'evil', false)",
+        "changes it on every insert; alone its table does not exist (42P01)",
+    ),
+    (
+        "CREATE RULE r_sc AS ON INSERT TO scratch.absent DO ALSO \
+         (SELECT set_config('app.current_tenant_id', 'evil', false); SELECT 1)",
+        "would change it on every insert; its table does not exist (42P01)",
+    ),
+    // pg_settings may only be read with SELECT: its UPDATE rule calls set_config().
+    (
+        "UPDATE pg_settings SET setting = 'evil' WHERE name = 'app.current_tenant_id'",
+        "custom placeholders are not rows of pg_settings (UPDATE 0); other names are",
+    ),
+    (
+        "WITH u AS (UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings' \
+         RETURNING name) SELECT * FROM u",
+        "PostgreSQL rejects a rule-rewritten UPDATE inside WITH (0A000)",
+    ),
+    ("CREATE TEMP VIEW v_settings AS SELECT * FROM pg_settings", "the view inherits the UPDATE rule (multi record)"),
+];
 
 /// Statements that only clear the tenant setting and are deliberately not refused (wire
 /// contract, "Refusal": drivers send them; clearing cannot select another tenant and fails closed).
-const CLEARS: &[(&str, &str)] = &[];
+const CLEARS: &[(&str, &str)] = &[
+    ("RESET ALL", "asyncpg sends it when releasing a connection"),
+    ("reset all", "asyncpg sends it when releasing a connection"),
+    ("DISCARD ALL", "pools send it to reset connections"),
+    ("discard all", "pools send it to reset connections"),
+    ("BEGIN; RESET ALL; COMMIT", "the same inside a block"),
+];
 
 /// Setting changes static inspection cannot see. The wire contract ("Refusal") leaves DO
 /// blocks, functions and dynamic SQL to the database: revoke the privileges that allow them.
-const BLIND_SPOTS: &[(&str, &str)] = &[];
+const BLIND_SPOTS: &[(&str, &str)] = &[
+    (
+        "DO $$BEGIN PERFORM set_config('app.current_tenant_id', 'evil', false); END$$",
+        "PL/pgSQL: REVOKE USAGE ON LANGUAGE plpgsql FROM PUBLIC",
+    ),
+    ("DO $$BEGIN EXECUTE 'SET app.current_tenant_id = ''evil'''; END$$", "PL/pgSQL dynamic SQL"),
+    ("DO LANGUAGE plpgsql $$BEGIN PERFORM set_config('app.' || 'current_tenant_id', 'evil', true); END$$", "PL/pgSQL"),
+    (
+        "DO LANGUAGE plpgsql $$BEGIN PERFORM set_config('app.' || 'current_tenant_id', 'evil', true); END$$; \
+         SELECT 1",
+        "PL/pgSQL; the local value holds for the rest of the string",
+    ),
+    ("SELECT fx.tamper()", "an existing function whose body calls set_config: audit what app_user may execute"),
+    (
+        "CREATE FUNCTION pg_temp.f_str() RETURNS text LANGUAGE sql \
+         AS 'SELECT set_config(''app.current_tenant_id'', ''evil'', false)'; SELECT pg_temp.f_str()",
+        "a function body is a string, and any role may create functions in pg_temp: REVOKE TEMPORARY ON DATABASE",
+    ),
+    (
+        "CREATE FUNCTION pg_temp.f_plpgsql() RETURNS void LANGUAGE plpgsql \
+         AS $$BEGIN EXECUTE format('SET app.current_tenant_id = %L', 'evil'); END$$; SELECT pg_temp.f_plpgsql()",
+        "PL/pgSQL in a pg_temp function",
+    ),
+];
 
 /// `no_tx_block` differs from PostgreSQL for reasons the statement text cannot show.
-const NO_TX_BLOCK_DIFFERENCES: &[(&str, &str)] = &[];
+///
+/// A missing flag only costs the direct-connection behaviour: the tenant is injected, and the
+/// statement fails with 25001 as it would inside a block. An extra flag only skips the
+/// injection; the statement runs with no tenant (fail closed). All of these need the superuser
+/// or a partitioned table.
+const NO_TX_BLOCK_DIFFERENCES: &[(&str, &str)] = &[
+    ("REINDEX TABLE fx.p", "fx.p is partitioned (one transaction per partition); the text does not say so"),
+    ("REINDEX INDEX fx.p_a_idx", "a partitioned index; the text does not say so"),
+    ("CLUSTER fx.p USING p_a_idx", "fx.p is partitioned; the text does not say so"),
+    ("CLUSTER (VERBOSE)", "PostgreSQL 15 rejects this spelling (42601); from 16 on it clusters every table"),
+    (
+        "CREATE SUBSCRIPTION oracle_sub2 CONNECTION 'host=/nonexistent dbname=x' PUBLICATION p WITH (connect = false)",
+        "connect = false creates no replication slot, so a block is allowed",
+    ),
+    ("ALTER SUBSCRIPTION fx_sub DISABLE", "only REFRESH and publication changes need to be outside a block"),
+    ("DROP SUBSCRIPTION IF EXISTS oracle_absent", "a block is refused only when a replication slot must be dropped"),
+];
 
 /// Reads the tenant setting and everything else a run may have changed. Fully qualified so a
 /// `search_path` set by the statement under test cannot redirect it.
@@ -118,12 +245,9 @@ const FIXTURE_FINGERPRINT: &str = "
         SELECT 'rows:' || coalesce(string_agg(a || '=' || b, ';' ORDER BY a, b), '') FROM fx.t
     ) s";
 
-/// What must be undone after a run, as statements, plus whether `postgresql.auto.conf` names
-/// the tenant setting.
+/// What must be undone after a run, as statements.
 const STATE: &str = "
     SELECT
-      EXISTS (SELECT 1 FROM pg_file_settings
-               WHERE sourcefile LIKE '%postgresql.auto.conf' AND lower(name) = 'app.current_tenant_id'),
       ARRAY(
         SELECT format('ROLLBACK PREPARED %L', gid) FROM pg_prepared_xacts
         UNION ALL
@@ -216,10 +340,8 @@ enum Mode {
     Idle,
     /// From idle, with the probe appended to the same query string (sees what ends with it).
     Probed,
-    /// Right after `BEGIN` (nothing else run in the block yet).
+    /// Right after `BEGIN` (nothing else run in the block yet, so `SET TRANSACTION` works).
     Block,
-    /// After `BEGIN` and a query that assigns a transaction id, to see whether it changes.
-    Chain,
 }
 
 impl Mode {
@@ -228,7 +350,6 @@ impl Mode {
             Mode::Idle => "run from idle",
             Mode::Probed => "run from idle with a probe appended",
             Mode::Block => "run right after BEGIN",
-            Mode::Chain => "run inside BEGIN after a query",
         }
     }
 }
@@ -243,7 +364,7 @@ struct Run {
     error: Option<String>,
     /// ReadyForQuery status after the text: `I`, `T` or `E`.
     status: u8,
-    /// (Chain mode) the transaction open afterwards is not the one before.
+    /// (Block mode) the transaction open afterwards is not the one `BEGIN` started.
     new_xact: bool,
     /// (where, what the probe read).
     probes: Vec<(&'static str, Probe)>,
@@ -282,7 +403,7 @@ impl Run {
             let _ = write!(s, ", then error {code}");
         }
         let _ = write!(s, ", status {}", self.status as char);
-        if self.mode == Mode::Chain && self.status == b'T' {
+        if self.mode == Mode::Block && self.error.is_none() && self.status == b'T' {
             s.push_str(if self.new_xact { ", in a new transaction" } else { ", same transaction" });
         }
         s
@@ -311,7 +432,7 @@ impl Observation {
     /// Transaction control PostgreSQL showed for a single statement.
     fn tx(&self) -> TxControl {
         let ok = |r: &Run, status: u8| r.error.is_none() && r.status == status;
-        if self.run(Mode::Chain).is_some_and(|r| ok(r, b'T') && r.new_xact) {
+        if ok(self.block(), b'T') && self.block().new_xact {
             TxControl::EndAndChain
         } else if ok(self.block(), b'I') {
             TxControl::End
@@ -408,6 +529,11 @@ struct Oracle {
     port: u16,
     admin: Client,
     fixture: String,
+    /// `postgresql.auto.conf` of the cluster, and its content when nothing needs undoing.
+    auto_conf_path: std::path::PathBuf,
+    auto_conf_baseline: String,
+    /// WAL insert position after the last cleanup.
+    wal: String,
     runs: usize,
     fixture_rebuilds: usize,
 }
@@ -418,10 +544,6 @@ impl Oracle {
         for mode in [Mode::Idle, Mode::Probed, Mode::Block] {
             runs.push(self.run(sql, scs, mode).await);
         }
-        let block = &runs[2];
-        if block.error.is_none() && block.status == b'T' {
-            runs.push(self.run(sql, scs, Mode::Chain).await);
-        }
         Observation { runs }
     }
 
@@ -429,22 +551,16 @@ impl Oracle {
         self.runs += 1;
         let mut c = RawClient::connect(self.port).await;
         let params = [("user", "postgres"), ("database", DB), ("search_path", "scratch, fx")];
-        c.login_with(&params, "").await.expect("login as postgres");
+        let pid = c.login_with(&params, "").await.expect("login as postgres").backend_key.0;
         let mut init = format!("SELECT pg_catalog.set_config('{TENANT_SETTING}', '{ORIGINAL}', false)");
         if !scs {
             init.push_str("; SET standard_conforming_strings = off");
         }
         expect_ok(&c.simple(&init).await, &init);
         let mut xact_before = None;
-        match mode {
-            Mode::Block => expect_ok(&c.simple("BEGIN").await, "BEGIN"),
-            Mode::Chain => {
-                let sql = "BEGIN; SELECT pg_catalog.pg_current_xact_id()::text";
-                let msgs = c.simple(sql).await;
-                expect_ok(&msgs, sql);
-                xact_before = first_value(&msgs);
-            }
-            Mode::Idle | Mode::Probed => {}
+        if mode == Mode::Block {
+            expect_ok(&c.simple("BEGIN").await, "BEGIN");
+            xact_before = self.xact_start(pid).await;
         }
         let text = if mode == Mode::Probed { format!("{sql}\n;{PROBE}") } else { sql.to_string() };
         let msgs = c.simple(&text).await;
@@ -455,11 +571,8 @@ impl Oracle {
             }
         }
         if run.status == b'T' {
-            if mode == Mode::Chain {
-                let sql = "SELECT pg_catalog.pg_current_xact_id_if_assigned()::text";
-                let msgs = c.simple(sql).await;
-                expect_ok(&msgs, sql);
-                run.new_xact = first_value(&msgs) != xact_before;
+            if mode == Mode::Block {
+                run.new_xact = self.xact_start(pid).await != xact_before;
             }
             self.probe(&mut c, &mut run, "inside the transaction it left open").await;
         }
@@ -472,6 +585,13 @@ impl Oracle {
         run
     }
 
+    /// When the backend's current transaction started, read from outside so that the backend
+    /// itself runs no query (which would take a snapshot); a chained transaction starts anew.
+    async fn xact_start(&self, pid: i32) -> Option<String> {
+        let sql = "SELECT xact_start::text FROM pg_catalog.pg_stat_activity WHERE pid = $1";
+        self.admin.query_one(sql, &[&pid]).await.expect("read xact_start").get(0)
+    }
+
     async fn probe(&mut self, c: &mut RawClient, run: &mut Run, at: &'static str) {
         let msgs = c.simple(PROBE).await;
         match probe_row(&msgs) {
@@ -480,11 +600,17 @@ impl Oracle {
         }
     }
 
-    /// Undoes what a run committed; returns whether `postgresql.auto.conf` named the tenant setting.
+    /// Undoes what a run committed; returns whether `postgresql.auto.conf` named the tenant
+    /// setting. Everything else to undo is in the catalogs, so when no WAL was written since
+    /// the last call (a read-only run, the common case) there is nothing to look at.
     async fn settle(&mut self) -> bool {
+        let auto_conf = std::fs::read_to_string(&self.auto_conf_path).expect("read postgresql.auto.conf");
+        let tenant_in_auto_conf = auto_conf.to_ascii_lowercase().contains(TENANT_SETTING);
+        if auto_conf == self.auto_conf_baseline && self.wal_position().await == self.wal {
+            return false;
+        }
         let row = self.admin.query_one(STATE, &[]).await.expect("read the cluster state");
-        let auto_conf: bool = row.get(0);
-        let cleanup: Vec<String> = row.get(1);
+        let cleanup: Vec<String> = row.get(0);
         for sql in &cleanup {
             self.admin.batch_execute(sql).await.unwrap_or_else(|e| panic!("cleanup {sql:?}: {e:?}"));
         }
@@ -492,7 +618,16 @@ impl Oracle {
         if fingerprint.as_ref() != Some(&self.fixture) {
             self.rebuild_fixtures().await;
         }
-        auto_conf
+        self.wal = self.wal_position().await;
+        // What ALTER SYSTEM RESET left is the baseline from now on; should the tenant setting
+        // survive it, every later run reports it.
+        self.auto_conf_baseline = std::fs::read_to_string(&self.auto_conf_path).expect("read postgresql.auto.conf");
+        tenant_in_auto_conf
+    }
+
+    async fn wal_position(&self) -> String {
+        let sql = "SELECT pg_catalog.pg_current_wal_insert_lsn()::text";
+        self.admin.query_one(sql, &[]).await.expect("read the WAL position").get(0)
     }
 
     async fn rebuild_fixtures(&mut self) {
@@ -504,11 +639,6 @@ impl Oracle {
 
 fn expect_ok(msgs: &[Message], sql: &str) {
     assert!(msgs.iter().all(|m| m.tag != b'E'), "{sql}: {:?}", summarize(msgs));
-}
-
-/// The first column of the first DataRow.
-fn first_value(msgs: &[Message]) -> Option<String> {
-    msgs.iter().find(|m| m.tag == b'D').and_then(|m| m.data_row().into_iter().next().flatten())
 }
 
 /// The row of the last probe in `msgs`.
@@ -539,6 +669,11 @@ fn predicted_status(statements: &[Statement], in_block: bool, failed_at: Option<
     }
 }
 
+/// `text` with every run of whitespace replaced by one space.
+fn squeeze(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 fn inspector_says(st: &Statement) -> String {
     let refusal = match &st.refusal {
         Some(r) => format!("refused ({:?}, {:?})", r.reason, r.setting),
@@ -556,9 +691,10 @@ struct Verdicts {
 }
 
 impl Verdicts {
-    /// Whether `text` is on `list`; records the use.
+    /// Whether `text` is on `list` (runs of whitespace compare as one space); records the use.
     fn allowed(&mut self, list: &'static [(&'static str, &'static str)], name: &'static str, text: &str) -> bool {
-        match list.iter().find(|(t, _)| *t == text) {
+        let text = squeeze(text);
+        match list.iter().find(|(t, _)| squeeze(t) == text) {
             Some((t, why)) => {
                 self.used.insert(t);
                 self.allowed.entry(name).or_default().push(format!("{t}  -- {why}"));
@@ -718,9 +854,21 @@ async fn start_oracle() -> (PgCluster, Oracle) {
         )
         .await
         .expect("oracle setup");
-    let mut oracle = Oracle { port: pg.port(), admin, fixture: String::new(), runs: 0, fixture_rebuilds: 0 };
+    let auto_conf_path = pg.data_dir().join("postgresql.auto.conf");
+    let auto_conf_baseline = std::fs::read_to_string(&auto_conf_path).expect("read postgresql.auto.conf");
+    let mut oracle = Oracle {
+        port: pg.port(),
+        admin,
+        fixture: String::new(),
+        auto_conf_path,
+        auto_conf_baseline,
+        wal: String::new(),
+        runs: 0,
+        fixture_rebuilds: 0,
+    };
     oracle.rebuild_fixtures().await;
     oracle.fixture_rebuilds = 0;
+    oracle.wal = oracle.wal_position().await;
     (pg, oracle)
 }
 

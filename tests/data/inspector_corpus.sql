@@ -294,6 +294,15 @@ SELECT query_to_xml_and_xmlschema('SELECT set_config(''app.current_tenant_id'', 
 SELECT * FROM ts_stat('SELECT to_tsvector(set_config(''app.current_tenant_id'', ''evil'', false))')
 %% tamper-set_config -- built-in that runs SQL text
 SELECT ts_rewrite('a'::tsquery, 'SELECT ''a''::tsquery, to_tsquery(set_config(''app.current_tenant_id'', ''evil'', false))')
+%% tamper-set_config -- an aggregate over the SQL-running ts_rewrite(tsquery, text)
+CREATE AGGREGATE pg_temp.agg_rw(text) (SFUNC = ts_rewrite, STYPE = tsquery, INITCOND = 'a')
+%% tamper-set_config -- an operator over it, named by a string
+CREATE OPERATOR pg_temp.### (LEFTARG = tsquery, RIGHTARG = text, FUNCTION = 'ts_rewrite')
+%% tamper-set_config -- ts_rewrite's pure form runs no SQL
+SELECT ts_rewrite('a & b'::tsquery, 'a'::tsquery, 'c'::tsquery)
+%% tamper-set_config -- the final function named by a string
+CREATE AGGREGATE pg_temp.agg_fin(text, boolean) (SFUNC = textcat, STYPE = text, INITCOND = '',
+FINALFUNC = 'set_config', FINALFUNC_EXTRA)
 %% tamper-set_config -- invalid parameter name: PostgreSQL rejects it
 SELECT set_config('app.current_tenant_id ', 'evil', false)
 %% tamper-set_config -- invalid parameter name: PostgreSQL rejects it
@@ -1010,6 +1019,16 @@ CREATE AGGREGATE pg_temp.agg_sc(text, boolean) (SFUNC = set_config, STYPE = text
 %% multi
 CREATE AGGREGATE pg_temp.agg_lit(text, boolean) (SFUNC = 'set_config', STYPE = text, INITCOND = 'app.current_tenant_id'); SELECT pg_temp.agg_lit('evil', false)
 %% multi
+CREATE AGGREGATE pg_temp.agg_rw(text) (SFUNC = ts_rewrite, STYPE = tsquery, INITCOND = 'a');
+SELECT pg_temp.agg_rw('SELECT ''a''::tsquery, to_tsquery(set_config(''app.current_tenant_id'', ''evil'', false))')
+%% multi
+CREATE OPERATOR pg_temp.### (LEFTARG = tsquery, RIGHTARG = text, FUNCTION = 'ts_rewrite');
+SELECT 'a'::tsquery OPERATOR(pg_temp.###) 'SELECT ''a''::tsquery, to_tsquery(set_config(''app.current_tenant_id'', ''evil'', false))'
+%% multi
+CREATE AGGREGATE pg_temp.agg_fin(text, boolean) (SFUNC = textcat, STYPE = text, INITCOND = '',
+FINALFUNC = 'set_config', FINALFUNC_EXTRA);
+SELECT pg_temp.agg_fin(x, false) FROM (VALUES ('app.current_tenant_id')) v(x)
+%% multi
 CREATE TEMP VIEW v_settings AS SELECT * FROM pg_settings; UPDATE v_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'
 %% multi
 CREATE TABLE scratch.r (a int); CREATE RULE r_sc AS ON INSERT TO scratch.r DO ALSO SELECT set_config('app.current_tenant_id', 'evil', false); INSERT INTO scratch.r VALUES (1)
@@ -1053,10 +1072,13 @@ DO $$BEGIN PERFORM set_config('app.current_tenant_id', 'evil', false); END$$
 %% blind-spot
 DO $$BEGIN EXECUTE 'SET app.current_tenant_id = ''evil'''; END$$
 %% blind-spot
-DO LANGUAGE plpgsql $$BEGIN PERFORM set_config('app.' || 'current_tenant_id', 'evil', true); END$$; SELECT 1
+DO LANGUAGE plpgsql $$BEGIN PERFORM set_config('app.' || 'current_tenant_id', 'evil', true); END$$;
+SELECT 1
 %% blind-spot
 SELECT fx.tamper()
 %% blind-spot
-CREATE FUNCTION pg_temp.f_str() RETURNS text LANGUAGE sql AS 'SELECT set_config(''app.current_tenant_id'', ''evil'', false)'; SELECT pg_temp.f_str()
+CREATE FUNCTION pg_temp.f_str() RETURNS text LANGUAGE sql
+AS 'SELECT set_config(''app.current_tenant_id'', ''evil'', false)'; SELECT pg_temp.f_str()
 %% blind-spot
-CREATE FUNCTION pg_temp.f_plpgsql() RETURNS void LANGUAGE plpgsql AS $$BEGIN EXECUTE 'RESET ' || 'app.current_tenant_id'; END$$; SELECT pg_temp.f_plpgsql()
+CREATE FUNCTION pg_temp.f_plpgsql() RETURNS void LANGUAGE plpgsql
+AS $$BEGIN EXECUTE format('SET app.current_tenant_id = %L', 'evil'); END$$; SELECT pg_temp.f_plpgsql()
