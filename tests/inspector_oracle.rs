@@ -16,7 +16,8 @@
 //!   hide quotes;
 //! - did it open, end or chain a transaction? The ReadyForQuery status after it, run from
 //!   idle and inside `BEGIN`, and whether the transaction id changed (`AND CHAIN`);
-//! - can it not run inside a transaction block? Run right after `BEGIN`: SQLSTATE 25001.
+//! - can it not run inside a transaction block? Run right after `BEGIN`: SQLSTATE 25001 from
+//!   `PreventInTransactionBlock` (not the 25001 of `SET TRANSACTION ISOLATION LEVEL` after a query).
 //!
 //! Multi-statement strings are observed whole (statement count, where an error stopped them,
 //! final status, setting changes), and each statement of the inspector's split is also
@@ -76,6 +77,7 @@ const CONSERVATIVE: &[(&str, &str)] = &[
     ("ALTER SYSTEM RESET app.current_tenant_id", "removes an auto.conf entry; there was none here"),
     ("ALTER SYSTEM SET app.current_tenant_id TO DEFAULT", "removes an auto.conf entry; there was none here"),
     ("SET standard_conforming_strings = on", "already on, so nothing changes"),
+    ("SET app.current_tenant_İd = 'evil'", "a single-byte server encoding lowercases İ to i; this UTF8 one does not"),
     ("RESET standard_conforming_strings", "already the default, so nothing changes"),
     // Whether an expression is evaluated is not decidable from the text.
     ("SELECT set_config('app.current_tenant_id', 'evil', false) WHERE false", "no row, so never evaluated"),
@@ -114,7 +116,7 @@ const CONSERVATIVE: &[(&str, &str)] = &[
     (
         "CREATE AGGREGATE pg_temp.agg_fin(text, boolean) (SFUNC = textcat, STYPE = text, INITCOND = '', \
          FINALFUNC = 'set_config', FINALFUNC_EXTRA)",
-        "calls set_config(state, arguments) when used",
+        "FINALFUNC_EXTRA passes NULLs and set_config is strict, so nothing; refused as any mention",
     ),
     (
         "CREATE AGGREGATE pg_temp.agg_rw(text) (SFUNC = ts_rewrite, STYPE = tsquery, INITCOND = 'a')",
@@ -362,6 +364,9 @@ struct Run {
     completed: usize,
     /// SQLSTATE of the first error: it stopped statement number `completed`.
     error: Option<String>,
+    /// The first error is PostgreSQL's "cannot run inside a transaction block" (25001 raised
+    /// by `PreventInTransactionBlock`, not another 25001).
+    refused_in_block: bool,
     /// ReadyForQuery status after the text: `I`, `T` or `E`.
     status: u8,
     /// (Block mode) the transaction open afterwards is not the one `BEGIN` started.
@@ -380,6 +385,7 @@ impl Run {
             mode,
             completed: 0,
             error: None,
+            refused_in_block: false,
             status: 0,
             new_xact: false,
             probes: Vec::new(),
@@ -389,7 +395,12 @@ impl Run {
         for msg in msgs {
             match msg.tag {
                 b'C' if run.error.is_none() => run.completed += 1,
-                b'E' if run.error.is_none() => run.error = Some(msg.sqlstate()),
+                b'E' if run.error.is_none() => {
+                    let fields = msg.error_fields();
+                    run.refused_in_block = fields.get(&'C').is_some_and(|c| c == "25001")
+                        && fields.get(&'R').is_some_and(|r| r == "PreventInTransactionBlock");
+                    run.error = Some(msg.sqlstate());
+                }
                 b'Z' => run.status = msg.ready_status(),
                 _ => {}
             }
@@ -445,7 +456,7 @@ impl Observation {
 
     fn no_tx_block(&self) -> bool {
         let block = self.block();
-        block.completed == 0 && block.error.as_deref() == Some("25001")
+        block.completed == 0 && block.refused_in_block
     }
 
     fn effects(&self, scs: bool) -> Effects {
@@ -796,9 +807,9 @@ impl Verdicts {
         }
     }
 
-    /// 25001 inside a whole string must come from a statement the inspector flags, and a
-    /// flagged statement running inside a block (explicit, or implicit in a multi-statement
-    /// string) must fail with it.
+    /// "Cannot run inside a transaction block" in a whole string must come from a statement the
+    /// inspector flags, and a flagged statement running inside a block (explicit, or implicit
+    /// in a multi-statement string) must fail with it.
     #[allow(clippy::too_many_arguments)]
     fn check_whole_no_tx(
         &mut self,
@@ -811,7 +822,7 @@ impl Verdicts {
         says: &str,
     ) {
         let failed_at = run.error.as_ref().map(|_| run.completed);
-        if run.error.as_deref() == Some("25001") {
+        if run.refused_in_block {
             let k = run.completed;
             if !stmts[k].no_tx_block && !self.allowed(NO_TX_BLOCK_DIFFERENCES, "no_tx_block", texts[k]) {
                 let problem = format!("{}: statement {} failed with 25001, not flagged", run.mode.describe(), k + 1);
@@ -823,7 +834,7 @@ impl Verdicts {
         }
         let reached = failed_at.map_or(stmts.len(), |k| k + 1);
         if let Some(j) = stmts[..reached].iter().position(|s| s.no_tx_block) {
-            let failed_there = failed_at == Some(j) && run.error.as_deref() == Some("25001");
+            let failed_there = failed_at == Some(j) && run.refused_in_block;
             if !failed_there && !self.allowed(NO_TX_BLOCK_DIFFERENCES, "no_tx_block", texts[j]) {
                 let problem = format!(
                     "{}: statement {} is flagged no_tx_block but did not fail with 25001 in a block",

@@ -134,6 +134,8 @@ RESET U&"\0061pp".current_tenant_id
 RESET app /* x */ . current_tenant_id
 %% tamper-set
 RESET "app.current_tenant_id"
+%% tamper-set -- a single-byte server encoding would lowercase the dotted capital I; UTF8 does not
+SET app.current_tenant_İd = 'evil'
 
 %% tamper-set_config
 SELECT set_config('app.current_tenant_id', 'evil', false)
@@ -944,6 +946,29 @@ CREATE FUNCTION scratch.begin() RETURNS int LANGUAGE sql AS 'SELECT 1'; SET app.
 %% hostile
 SELECT 1 AS "end"; SET app.current_tenant_id = 'evil'
 %% hostile
+SELECT '/*'; SET app.current_tenant_id = 'evil'
+%% hostile
+SELECT 1 -- $$
+; SET app.current_tenant_id = 'evil'
+%% hostile
+SELECT 1 AS a$$; SET app.current_tenant_id = 'evil'; SELECT $$ $$
+%% hostile
+/* /* /* */ */ ; SET app.current_tenant_id = 'evil'; */ SELECT 1
+%% hostile
+SELECT E'\\\''; SET app.current_tenant_id = 'evil'; --'
+%% hostile
+SELECT E'\\''; SET app.current_tenant_id = 'evil'; --'
+%% hostile scs=off
+SELECT '\\''; SET app.current_tenant_id = 'evil'; --'
+%% hostile
+SELECT 'é'; SET app.current_tenant_id = 'ëvil'
+%% hostile
+SELECT 1 AS begin; SET app.current_tenant_id = 'evil'
+%% hostile
+(SELECT 1); SET app.current_tenant_id = 'evil'
+%% hostile
+SELECT U&'\0041' UESCAPE '\'; SET app.current_tenant_id = 'evil'
+%% hostile
 CREATE FUNCTION scratch.f_case() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT CASE WHEN true THEN 1 END; END; SET app.current_tenant_id = 'evil'
 %% hostile
 CREATE FUNCTION scratch.f_end() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1 AS end; END; SET app.current_tenant_id = 'evil'
@@ -1025,10 +1050,6 @@ SELECT pg_temp.agg_rw('SELECT ''a''::tsquery, to_tsquery(set_config(''app.curren
 CREATE OPERATOR pg_temp.### (LEFTARG = tsquery, RIGHTARG = text, FUNCTION = 'ts_rewrite');
 SELECT 'a'::tsquery OPERATOR(pg_temp.###) 'SELECT ''a''::tsquery, to_tsquery(set_config(''app.current_tenant_id'', ''evil'', false))'
 %% multi
-CREATE AGGREGATE pg_temp.agg_fin(text, boolean) (SFUNC = textcat, STYPE = text, INITCOND = '',
-FINALFUNC = 'set_config', FINALFUNC_EXTRA);
-SELECT pg_temp.agg_fin(x, false) FROM (VALUES ('app.current_tenant_id')) v(x)
-%% multi
 CREATE TEMP VIEW v_settings AS SELECT * FROM pg_settings; UPDATE v_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'
 %% multi
 CREATE TABLE scratch.r (a int); CREATE RULE r_sc AS ON INSERT TO scratch.r DO ALSO SELECT set_config('app.current_tenant_id', 'evil', false); INSERT INTO scratch.r VALUES (1)
@@ -1066,6 +1087,18 @@ SAVEPOINT a; ROLLBACK TO a
 BEGIN; SAVEPOINT a; ROLLBACK TO a; ROLLBACK AND CHAIN; SELECT 1
 %% multi
 BEGIN; END AND CHAIN; ABORT AND CHAIN; END
+%% multi
+CREATE PROCEDURE scratch.pa() LANGUAGE sql BEGIN ATOMIC SELECT CASE WHEN true THEN 1 END; SELECT 1 AS end; END; COMMIT; BEGIN
+%% multi
+(SELECT 1); BEGIN; SELECT 'COMMIT; ROLLBACK'; COMMIT AND CHAIN; /* COMMIT; */ SELECT 2
+%% multi
+COMMIT; COMMIT; ROLLBACK
+%% multi
+BEGIN READ ONLY; SAVEPOINT "a;b"; RELEASE SAVEPOINT "a;b"; END
+%% multi
+BEGIN; CREATE TEMP TABLE tmp_tx (a int) ON COMMIT DROP; INSERT INTO tmp_tx VALUES (1); COMMIT; SELECT 1
+%% multi
+SELECT set_config('search_path', 'fx', true); BEGIN ISOLATION LEVEL SERIALIZABLE
 
 %% blind-spot
 DO $$BEGIN PERFORM set_config('app.current_tenant_id', 'evil', false); END$$
