@@ -15,7 +15,8 @@
 //!   `standard_conforming_strings`, and `client_encoding` switched to an encoding that can
 //!   hide quotes;
 //! - did it open, end or chain a transaction? The ReadyForQuery status after it, run from
-//!   idle and inside `BEGIN`, and whether the transaction id changed (`AND CHAIN`);
+//!   idle and inside `BEGIN`, and whether the open transaction afterwards is a new one
+//!   (`AND CHAIN`: `pg_stat_activity.xact_start` changed);
 //! - can it not run inside a transaction block? Run right after `BEGIN`: SQLSTATE 25001 from
 //!   `PreventInTransactionBlock` (not the 25001 of `SET TRANSACTION ISOLATION LEVEL` after a query).
 //!

@@ -12,10 +12,11 @@
 -- The test runs as superuser in database `oracle` with search_path `scratch, fx`.
 -- Fixtures (recreated whenever a statement changes them): table fx.t (a int, b text)
 -- with rows (1,'one'), (2,'two') and index fx.t_a_idx; partitioned table fx.p with
--- partition fx.p1 and partitioned index fx.p_a_idx; materialized view fx.mv with unique
--- index; function fx.f(), procedure fx.pr(), procedure fx.pr_commit() that commits, function fx.tamper() whose body calls
--- set_config; subscription fx_sub (disabled, has a slot name). The tenant setting
--- starts as a session value that no record uses, so any change is visible.
+-- partition fx.p1 and partitioned index fx.p_a_idx; materialized view fx.mv with a
+-- unique index; function fx.f(), procedures fx.pr() and fx.pr_commit() (which
+-- commits), function fx.tamper() whose body calls set_config; subscription fx_sub
+-- (disabled, with a slot name). The tenant setting starts as a session value that
+-- no record uses, so any change is visible.
 --
 -- Categories: tamper-set, tamper-set_config, tamper-catalog, protected, clear, tx,
 -- no-tx, ordinary, hostile, multi, blind-spot.
