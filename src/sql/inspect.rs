@@ -15,6 +15,12 @@ const CLIENT_ENCODING: &str = "client_encoding";
 const UNSAFE_ENCODINGS: &str = "sjis shiftjis mskanji win932 windows932 shiftjis2004 big5 win950 windows950 \
     gbk win936 windows936 cp936 uhc win949 windows949 gb18030 johab";
 
+/// Built-in functions that run SQL handed to them as text, which the inspector never sees:
+/// `query_to_xml` and `query_to_xml_and_xmlschema` execute their query, `ts_stat` its
+/// tsvector query, `ts_rewrite(tsquery, text)` its rewrite-rule query. (`query_to_xmlschema`
+/// only plans the query, so it is not listed.)
+const SQL_TEXT_FUNCTIONS: &[&str] = &["query_to_xml", "query_to_xml_and_xmlschema", "ts_stat", "ts_rewrite"];
+
 /// Session-level advisory lock functions (the `_xact_` variants end with the transaction).
 const ADVISORY_LOCKS: &[&str] =
     &["pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared"];
@@ -100,6 +106,8 @@ pub enum RefusalReason {
     UnsafeClientEncoding,
     /// `pg_settings` used outside a plain `SELECT`: its UPDATE rule calls `set_config()`.
     SettingsCatalog,
+    /// A built-in that runs SQL given as text (`query_to_xml`, `ts_stat`, ...): that SQL could call `set_config()`.
+    SqlText,
 }
 
 impl Refusal {
@@ -125,6 +133,10 @@ impl Refusal {
             RefusalReason::SettingsCatalog => format!(
                 "pg_settings may only be read with SELECT through pgtenant because updating it could change \
                  \"{s}\"; {why}"
+            ),
+            RefusalReason::SqlText => format!(
+                "functions that run SQL given as text (query_to_xml, query_to_xml_and_xmlschema, ts_stat, \
+                 ts_rewrite with a query) are not allowed through pgtenant because that SQL could change \"{s}\"; {why}"
             ),
         }
     }
@@ -252,6 +264,8 @@ impl Inspector {
     /// `ALTER ROLE`, `CREATE FUNCTION` and the like are caught by the same rule.
     fn refusal(&self, toks: &[Token<'_>]) -> Option<Refusal> {
         let (mut update, mut settings_view) = (false, false);
+        let defines_routine_use = defines_aggregate_or_operator(toks);
+        let mut arities = None;
         for (i, tok) in toks.iter().enumerate() {
             if tok.is_keyword("set") || tok.is_keyword("reset") {
                 if let Some(refusal) = self.check_set(toks, i) {
@@ -265,7 +279,25 @@ impl Inspector {
                         return Some(refusal);
                     }
                 }
+                if let Some(name) = SQL_TEXT_FUNCTIONS.iter().find(|f| ident_is(tok, f)) {
+                    // ts_rewrite(tsquery, tsquery, tsquery) runs no SQL; any other use of these
+                    // names (a call, or a reference such as an aggregate's SFUNC) may.
+                    let arities = arities.get_or_insert_with(|| call_arities(toks));
+                    let pure_rewrite = *name == "ts_rewrite"
+                        && toks.get(i + 1).is_some_and(|t| t.is_punct(b'('))
+                        && arities[i + 1] == 3;
+                    if !pure_rewrite {
+                        return Some(refuse(&self.tenant_setting, RefusalReason::SqlText));
+                    }
+                }
                 settings_view |= ident_is(tok, "pg_settings");
+            }
+            // `CREATE AGGREGATE ... (SFUNC = 'set_config', ...)`: a definition list may name
+            // the function as a string, which the identifier checks above never see.
+            if defines_routine_use && tok.is_string() && i > 0 && toks[i - 1].value_bytes() == Some(b"=") {
+                if let Some(refusal) = self.check_routine_name_literal(tok) {
+                    return Some(refusal);
+                }
             }
         }
         // pg_settings has an UPDATE rule calling set_config(); a view over it (even a
@@ -324,6 +356,63 @@ impl Inspector {
         }
         None
     }
+
+    /// A string literal naming a function for an aggregate or operator to call.
+    fn check_routine_name_literal(&self, tok: &Token<'_>) -> Option<Refusal> {
+        let value = tok.value_bytes()?;
+        let reason = if value.eq_ignore_ascii_case(b"set_config") {
+            RefusalReason::DynamicSetConfig
+        } else if SQL_TEXT_FUNCTIONS.iter().any(|f| value.eq_ignore_ascii_case(f.as_bytes())) {
+            RefusalReason::SqlText
+        } else {
+            return None;
+        };
+        Some(refuse(&self.tenant_setting, reason))
+    }
+}
+
+/// `CREATE [OR REPLACE] AGGREGATE` or `CREATE OPERATOR`: definition lists whose
+/// `name = value` entries may name the function the object will call, as a string.
+fn defines_aggregate_or_operator(toks: &[Token<'_>]) -> bool {
+    let i = if kw(toks, 1) == b"or" && kw(toks, 2) == b"replace" { 3 } else { 1 };
+    kw(toks, 0) == b"create" && matches!(kw(toks, i), b"aggregate" | b"operator")
+}
+
+/// For every `(` of a statement, the number of top-level arguments up to its matching `)`
+/// (`usize::MAX` if it never closes); 0 for other tokens. One pass with a stack, so that
+/// nested calls cost linear time.
+fn call_arities(toks: &[Token<'_>]) -> Vec<usize> {
+    let mut arities = vec![0; toks.len()];
+    // (index of the opening bracket, commas seen at its level, whether anything follows it)
+    let mut open: Vec<(usize, usize, bool)> = Vec::new();
+    for (i, tok) in toks.iter().enumerate() {
+        match tok.kind {
+            TokenKind::Punct(b'(' | b'[') => {
+                if let Some(top) = open.last_mut() {
+                    top.2 = true;
+                }
+                arities[i] = usize::MAX;
+                open.push((i, 0, false));
+            }
+            TokenKind::Punct(b')' | b']') => {
+                if let Some((at, commas, nonempty)) = open.pop() {
+                    arities[at] = if nonempty { commas + 1 } else { 0 };
+                }
+            }
+            TokenKind::Punct(b',') => {
+                if let Some(top) = open.last_mut() {
+                    top.1 += 1;
+                    top.2 = true;
+                }
+            }
+            _ => {
+                if let Some(top) = open.last_mut() {
+                    top.2 = true;
+                }
+            }
+        }
+    }
+    arities
 }
 
 fn refuse(setting: &str, reason: RefusalReason) -> Refusal {
@@ -912,6 +1001,61 @@ mod tests {
     }
 
     #[test]
+    fn refuses_builtins_that_run_sql_text() {
+        // Found by tests/inspector_oracle.rs: each of these changed the tenant setting in
+        // PostgreSQL 15 through SQL the inspector never sees.
+        for sql in [
+            "SELECT query_to_xml('SELECT set_config(''app.current_tenant_id'', ''2'', false)', false, false, '')",
+            "select pg_catalog.QUERY_TO_XML_AND_XMLSCHEMA($1, false, false, '') is not null",
+            "SELECT * FROM ts_stat('SELECT v FROM t')",
+            "SELECT * FROM \"ts_stat\"('SELECT v FROM t', 'ab')",
+            "SELECT ts_rewrite('a'::tsquery, 'SELECT t, s FROM aliases')",
+            "SELECT ts_rewrite(q, 'SELECT t, s FROM aliases') FROM queries",
+            "SELECT ts_rewrite('a'::tsquery, f(1, 2))",
+            "SELECT ts_rewrite('a'::tsquery, 'b'::tsquery",
+            "CREATE AGGREGATE a(text) (SFUNC = ts_rewrite, STYPE = tsquery)",
+            "CREATE OPERATOR ### (LEFTARG = tsquery, RIGHTARG = text, FUNCTION = 'ts_rewrite')",
+            "CREATE AGGREGATE a(text) (SFUNC = $$TS_REWRITE$$, STYPE = tsquery)",
+        ] {
+            assert_refused(sql, TENANT, RefusalReason::SqlText);
+        }
+        for sql in [
+            "SELECT ts_rewrite('a & b'::tsquery, 'a'::tsquery, 'c'::tsquery)",
+            "SELECT ts_rewrite(q, t.target, coalesce(t.sub, f(1, ARRAY[2, 3]))) FROM t",
+            "SELECT ts_rewrite(ts_rewrite(q, a, b), c, d) FROM t",
+            "SELECT query_to_xmlschema('SELECT 1', false, false, '')",
+            "SELECT 'query_to_xml(''x'')', $$ts_stat('x')$$",
+            "SELECT * FROM pg_proc WHERE proname = 'ts_stat'",
+        ] {
+            assert_eq!(refusal(sql), None, "{sql}");
+        }
+        let deep = "select ".to_string() + &"ts_rewrite(".repeat(20_000) + "q" + &", a, b)".repeat(20_000);
+        assert_eq!(inspector().inspect(deep.as_bytes(), true).refusal(), None);
+    }
+
+    #[test]
+    fn refuses_aggregates_and_operators_naming_set_config_as_a_string() {
+        // Found by tests/inspector_oracle.rs: `SFUNC = 'set_config'` resolves like the
+        // identifier, and `SELECT pg_temp.a('<tenant>', false)` then calls
+        // set_config('app.current_tenant_id', '<tenant>', false).
+        for sql in [
+            "CREATE AGGREGATE pg_temp.a(text, boolean) (SFUNC = 'set_config', STYPE = text, INITCOND = 'x')",
+            "create or replace aggregate a(text, bool) (sfunc = $$set_config$$, stype = text)",
+            "CREATE AGGREGATE a (BASETYPE = text, SFUNC = E'set\\x5fconfig', STYPE = text)",
+            "CREATE AGGREGATE a(text, bool) (SFUNC = f, STYPE = text, FINALFUNC = 'SET_CONFIG', FINALFUNC_EXTRA)",
+        ] {
+            assert_refused(sql, TENANT, RefusalReason::DynamicSetConfig);
+        }
+        for sql in [
+            "CREATE AGGREGATE a(int) (SFUNC = 'int4pl', STYPE = int)",
+            "SELECT * FROM pg_proc WHERE proname = 'set_config'",
+            "CREATE TABLE x AS SELECT 'set_config' AS f",
+        ] {
+            assert_eq!(refusal(sql), None, "{sql}");
+        }
+    }
+
+    #[test]
     fn refuses_unsafe_client_encodings() {
         for sql in [
             "SET client_encoding = 'SJIS'",
@@ -1306,6 +1450,9 @@ mod tests {
             b"prepare",
             b"select into",
             b"declare",
+            b"ts_rewrite(",
+            b"select ts_rewrite((((",
+            b"create aggregate a (sfunc = 'set_config'",
         ] {
             let _ = insp.inspect(input, true);
             let _ = insp.inspect(input, false);
