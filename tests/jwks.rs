@@ -576,11 +576,15 @@ async fn jwks_url_first_load_failing_refuses_logins_then_recovers() {
     let pg = PgCluster::start().await;
     let certs = Certs::generate();
     let server = JwksServer::start(&certs, Answer::Redirect).await;
-    let proxy = Proxy::start(&pg, server.options(&certs, "[\"RS256\"]", 1)).await;
+    let options = server.options(&certs, "[\"RS256\"]", 1).set("http", "ready_check_seconds", "1");
+    let proxy = Proxy::start(&pg, options).await;
     let good = token(Algorithm::RS256, Some("k1"), TENANT_A);
     // A redirect is an error naming the status, never followed: fail closed.
     server.wait_fetches(1, Duration::from_secs(10)).await;
     refused(&proxy, &good, "signing keys are not available yet").await;
+    // Not ready, and /ready says why.
+    let body = ready_says(&proxy, 503, "\"keys\":\"signing keys are not available yet").await;
+    assert!(body.contains("\"reason\":\"keys: "), "{body}");
     wait_for_log(&proxy, "server answered HTTP 302 (a redirect); redirects are not followed", Duration::from_secs(5))
         .await;
     assert!(server.requests().iter().all(|r| r.starts_with("GET /.well-known/jwks.json ")), "{:?}", server.requests());
@@ -595,6 +599,20 @@ async fn jwks_url_first_load_failing_refuses_logins_then_recovers() {
     server.set(Answer::Jwks(jwks(&[public_jwk(Algorithm::RS256, "k1")])));
     wait_for_log(&proxy, "JWKS loaded", Duration::from_secs(10)).await;
     assert_eq!(accepted(&proxy, &good).await, TENANT_A);
+    ready_says(&proxy, 200, "\"keys\":\"ok\"").await;
+}
+
+/// Polls `/ready` until it answers `status` with `needle` in the body; returns the body.
+async fn ready_says(proxy: &Proxy, status: u16, needle: &str) -> String {
+    let mut last = (0, String::new());
+    for _ in 0..150 {
+        last = proxy.http_get("/ready").await;
+        if last.0 == status && last.1.contains(needle) {
+            return last.1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("/ready never answered {status} with {needle:?}; last: {last:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
