@@ -17,6 +17,7 @@
 //! - [`wire`]: protocol framing and message builders (pure).
 //! - [`http`], [`health`], [`metrics`]: `/metrics`, `/health`, `/ready`.
 //! - [`cancel`], [`tls`], [`net`]: cancel keys, rustls configuration, TCP-or-TLS streams.
+//! - [`demo`]: `pgtenant demo`, a throwaway PostgreSQL with the reference schema behind the proxy.
 //!
 //! `wire` and `sql` never import the networking modules, and `upstream`
 //! never imports `session`.
@@ -26,6 +27,7 @@
 pub mod auth;
 pub mod cancel;
 pub mod config;
+pub mod demo;
 pub mod health;
 pub mod http;
 pub mod metrics;

@@ -55,6 +55,18 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Start a throwaway PostgreSQL with two tenants behind the proxy and print psql lines; Ctrl-C ends it.
+    Demo {
+        /// Keep the temp dir (data directory and log) after Ctrl-C.
+        #[arg(long)]
+        keep: bool,
+        /// Proxy port [default: 6432 when free, else any free port]
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        port: Option<u16>,
+        /// Directory holding initdb and pg_ctl [default: PATH, then the usual install locations]
+        #[arg(long, value_name = "DIR")]
+        pg_bin: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,6 +76,17 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => check_config(config),
         Command::Token { tenant, ttl, sub, config } => token(config, &tenant, ttl, sub),
+        Command::Demo { keep, port, pg_bin } => demo(pgtenant::demo::Options { keep, port, pg_bin }),
+    }
+}
+
+fn demo(options: pgtenant::demo::Options) -> ExitCode {
+    match pgtenant::demo::run(options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgtenant demo: {e:#}");
+            ExitCode::from(1)
+        }
     }
 }
 
