@@ -3,6 +3,7 @@
 //! Use it from a test file with `mod support;`. Each test crate uses a subset, hence the
 //! `dead_code` allowance below.
 //!
+//! - [`install`]: pinned npm / pip packages installed once per lock file.
 //! - [`pg`]: [`PgCluster`], a real PostgreSQL cluster in a temp dir with the reference RLS schema.
 //! - [`proxy`]: [`Proxy`], the `pgtenant` binary started against a cluster, and JWT minting.
 //! - [`raw`]: [`RawClient`], a byte-level protocol client for exact-sequence assertions.
@@ -10,6 +11,7 @@
 #![allow(dead_code)]
 #![allow(unused_imports)]
 
+pub mod install;
 pub mod pg;
 pub mod proxy;
 pub mod raw;
