@@ -9,6 +9,7 @@
 pub mod cluster;
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,7 +82,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             let kept = options.keep.then(|| describe_kept(&cluster));
             let stopped = cluster.shutdown();
             if let Some(kept) = kept {
-                eprintln!("{kept}");
+                say(&kept);
             }
             stopped
         }
@@ -89,7 +90,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     };
     match result {
         Err(e) if e.is::<Interrupted>() => {
-            eprintln!("pgtenant demo: interrupted during setup; cleaned up");
+            say("interrupted during setup; cleaned up");
             stopped
         }
         Err(e) => Err(e),
@@ -117,19 +118,26 @@ async fn demo(options: &Options, bins: PgBinaries, slot: &mut Option<Cluster>) -
     };
     tokio::pin!(setup);
     let cluster = tokio::select! {
-        created = &mut setup => created.context("setup task")??,
+        biased;
         _ = stop.recv() => {
-            eprintln!("pgtenant demo: stopping setup ...");
+            say("stopping setup ...");
             cancel.store(true, Ordering::Release);
-            // The setup notices between steps and cleans up after itself.
-            return match setup.await.context("setup task")? {
-                Ok(cluster) => {
-                    *slot = Some(cluster);
-                    Err(Interrupted.into())
-                }
-                Err(e) => Err(e),
-            };
+            // The setup notices between steps and cleans up after itself. A step that failed
+            // meanwhile most likely failed because Ctrl-C reached it too (initdb, psql).
+            if let Ok(cluster) = setup.await.context("setup task")? {
+                *slot = Some(cluster);
+            }
+            return Err(Interrupted.into());
         }
+        created = &mut setup => match created.context("setup task")? {
+            Ok(cluster) => cluster,
+            // Ctrl-C in a terminal reaches initdb or psql at the same time as us: report
+            // the interruption, not the failure it caused.
+            Err(e) => match tokio::time::timeout(Duration::from_millis(300), stop.recv()).await {
+                Ok(()) => return Err(Interrupted.into()),
+                Err(_) => return Err(e),
+            },
+        },
     };
     let pg_port = cluster.port();
     *slot = Some(cluster);
@@ -153,7 +161,7 @@ async fn demo(options: &Options, bins: PgBinaries, slot: &mut Option<Cluster>) -
     drop(stop);
     print_walkthrough(cluster, port, http_port, secret.as_bytes());
     proxy.await.context("the proxy failed")?;
-    eprintln!("pgtenant demo: proxy stopped");
+    say("proxy stopped");
     Ok(())
 }
 
@@ -176,6 +184,11 @@ impl Stop {
             _ = self.term.recv() => {}
         }
     }
+}
+
+/// Reports progress on stderr as `pgtenant demo: <msg>`; never panics (stderr may be closed).
+pub(crate) fn say(msg: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr(), "pgtenant demo: {msg}");
 }
 
 /// `--port`, checked free; else 6432 when free; else any free port.
@@ -301,7 +314,8 @@ fn print_walkthrough(cluster: &Cluster, port: u16, http_port: u16, secret: &[u8]
         TOKEN_TTL.as_secs() / 3600
     ));
     line("");
-    print!("{out}");
+    // Not print!: a closed stdout (a pipe whose reader quit) must not panic before cleanup.
+    let _ = std::io::stdout().write_all(out.as_bytes()).and_then(|()| std::io::stdout().flush());
 }
 
 /// What to tell the user about a kept cluster: where it is and how to start it again.
@@ -314,7 +328,7 @@ fn describe_kept(cluster: &Cluster) -> String {
         None => pg_ctl,
     };
     format!(
-        "pgtenant demo: kept {} (data directory {}); start it again with:\n    {start}\n\
+        "kept {} (data directory {}); start it again with:\n    {start}\n\
          then connect with: psql -h {} -p {} -U postgres app",
         cluster.dir().display(),
         data.display(),

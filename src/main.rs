@@ -1,6 +1,7 @@
 //! The `pgtenant` command line: parses arguments, loads the configuration,
 //! sets up logging and hands over to the library.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -84,7 +85,8 @@ fn demo(options: pgtenant::demo::Options) -> ExitCode {
     match pgtenant::demo::run(options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pgtenant demo: {e:#}");
+            // Not eprintln!: stderr may be closed (Ctrl-C on `pgtenant demo 2>&1 | tee ...`).
+            let _ = writeln!(std::io::stderr(), "pgtenant demo: {e:#}");
             ExitCode::from(1)
         }
     }

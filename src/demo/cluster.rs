@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context as _};
 
+use super::say;
+
 /// How often the server is started on a new port when the chosen one was taken meanwhile.
 const START_ATTEMPTS: usize = 5;
 
@@ -197,7 +199,7 @@ impl Cluster {
         let run_as = run_as()?;
         let dir = make_temp_dir(run_as)?;
         let mut cluster = Cluster { dir, bins: setup.bins.clone(), run_as, port: 0, running: false, keep: setup.keep };
-        eprintln!("pgtenant demo: initdb in {} ({})", cluster.dir.display(), setup.bins.version());
+        say(format_args!("initdb in {} ({})", cluster.dir.display(), setup.bins.version()));
         cluster.initdb()?;
         check()?;
         cluster.start()?;
@@ -245,7 +247,7 @@ impl Cluster {
         }
         self.keep = true; // Drop must not try again.
         std::fs::remove_dir_all(&self.dir).with_context(|| format!("removing {}", self.dir.display()))?;
-        eprintln!("pgtenant demo: removed {}", self.dir.display());
+        say(format_args!("removed {}", self.dir.display()));
         Ok(())
     }
 
@@ -260,7 +262,7 @@ impl Cluster {
             return Err(failure("pg_ctl stop", &out, &self.log_path()));
         }
         self.running = false;
-        eprintln!("pgtenant demo: PostgreSQL stopped");
+        say("PostgreSQL stopped");
         Ok(())
     }
 
@@ -292,7 +294,7 @@ impl Cluster {
             let out = self.pg_ctl(&["-w", "-t", "60", "start"])?;
             if out.status.success() {
                 self.running = true;
-                eprintln!("pgtenant demo: PostgreSQL listening on 127.0.0.1:{}", self.port);
+                say(format_args!("PostgreSQL listening on 127.0.0.1:{}", self.port));
                 return Ok(());
             }
             let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
@@ -396,7 +398,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if let Err(e) = self.stop() {
-            eprintln!("pgtenant demo: {e:#}");
+            say(format_args!("{e:#}"));
         }
         if !self.keep {
             let _ = std::fs::remove_dir_all(&self.dir);
