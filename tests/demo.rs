@@ -314,3 +314,15 @@ fn a_taken_port_is_refused_before_anything_starts() {
     assert!(stderr.contains(&format!("--port {port}")) && stderr.contains("in use"), "{stderr}");
     assert!(!stderr.contains("initdb in"), "nothing is started: {stderr}");
 }
+
+#[test]
+fn help_lists_the_options() {
+    let out = Command::new(binary()).args(["demo", "--help"]).output().expect("run demo --help");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for flag in ["--keep", "--port", "--pg-bin", "--log-format"] {
+        assert!(text.contains(flag), "`pgtenant demo --help` lacks {flag}:\n{text}");
+    }
+    let top = Command::new(binary()).arg("--help").output().expect("run --help");
+    assert!(String::from_utf8_lossy(&top.stdout).contains("demo"), "top-level help lacks demo");
+}
