@@ -38,6 +38,8 @@ const PG_ENV: &[&str] = &[
     "PGCLIENTENCODING",
 ];
 
+const SERVER_BINARIES: &str = "PostgreSQL server binaries (initdb, pg_ctl)";
+
 /// The PostgreSQL programs the demo runs.
 #[derive(Debug, Clone)]
 pub struct PgBinaries {
@@ -47,10 +49,12 @@ pub struct PgBinaries {
     pub psql: PathBuf,
 }
 
-/// The server binaries were not found; the message says how to install them.
+/// The server binaries (or psql) were not found; the message says how to install them.
 #[derive(Debug)]
 pub struct NotFound {
-    /// What was looked at.
+    /// What is missing.
+    pub what: &'static str,
+    /// Where it was looked for.
     pub searched: String,
 }
 
@@ -58,12 +62,12 @@ impl fmt::Display for NotFound {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "PostgreSQL server binaries (initdb, pg_ctl) not found ({}); install them with:\n\
+            "{} not found ({}); install them with:\n\
              \x20   sudo apt-get install postgresql        (Debian/Ubuntu)\n\
              \x20   sudo dnf install postgresql-server     (Fedora/RHEL)\n\
              \x20   brew install postgresql                (macOS)\n\
              or pass --pg-bin DIR, the directory holding initdb and pg_ctl",
-            self.searched
+            self.what, self.searched
         )
     }
 }
@@ -75,15 +79,17 @@ impl PgBinaries {
     /// else the usual install locations (highest version first).
     pub fn find(explicit: Option<&Path>) -> Result<PgBinaries, NotFound> {
         let bin_dir = match explicit {
-            Some(dir) => has_server_binaries(dir)
-                .then(|| dir.to_path_buf())
-                .ok_or_else(|| NotFound { searched: format!("--pg-bin {} has no initdb and pg_ctl", dir.display()) })?,
+            Some(dir) => has_server_binaries(dir).then(|| dir.to_path_buf()).ok_or_else(|| NotFound {
+                what: SERVER_BINARIES,
+                searched: format!("--pg-bin {} has no initdb and pg_ctl", dir.display()),
+            })?,
             None => on_path("initdb")
                 .map(|initdb| std::fs::canonicalize(&initdb).unwrap_or(initdb))
                 .and_then(|initdb| initdb.parent().map(Path::to_path_buf))
                 .filter(|dir| has_server_binaries(dir))
                 .or_else(usual_locations)
                 .ok_or_else(|| NotFound {
+                    what: SERVER_BINARIES,
                     searched: "not on PATH nor in /usr/lib/postgresql/*/bin, /usr/pgsql-*/bin, \
                                /usr/local/pgsql/bin or Homebrew's directories"
                         .into(),
@@ -91,7 +97,8 @@ impl PgBinaries {
         };
         let psql = Some(bin_dir.join("psql")).filter(|p| p.is_file()).or_else(|| on_path("psql"));
         let psql = psql.ok_or_else(|| NotFound {
-            searched: format!("psql is neither in {} nor on PATH (package postgresql-client)", bin_dir.display()),
+            what: "psql, PostgreSQL's client,",
+            searched: format!("neither in {} nor on PATH", bin_dir.display()),
         })?;
         Ok(PgBinaries { bin_dir, psql })
     }
