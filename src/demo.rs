@@ -336,3 +336,38 @@ fn describe_kept(cluster: &Cluster) -> String {
         cluster.port()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxy_config_is_valid_and_fixed() {
+        let secret = random_hex(32);
+        let config = proxy_config(16432, 19930, 54321, "pw", &secret).expect("valid config");
+        assert_eq!(config.listen.addr, "127.0.0.1:16432".parse().unwrap());
+        assert_eq!(config.http.addr, "127.0.0.1:19930".parse().unwrap());
+        assert_eq!((config.upstream.port, config.upstream.user.as_str()), (54321, "app_user"));
+        assert_eq!(config.http.canary_tenant.as_ref().map(|t| t.as_str()), Some(TENANTS[0].id));
+        assert_eq!(config.auth.key, crate::config::KeySource::HsSecret(secret.into_bytes()));
+    }
+
+    #[test]
+    fn secrets_are_random_hex_of_the_asked_length() {
+        let (a, b) = (random_hex(32), random_hex(32));
+        assert_eq!(a.len(), 64);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn tokens_verify_for_their_tenant() {
+        let secret = random_hex(32);
+        let config = proxy_config(16432, 19930, 54321, "pw", &secret).unwrap();
+        let verifier = crate::auth::jwt::Verifier::new(&config.auth).unwrap();
+        for tenant in &TENANTS {
+            let verified = verifier.verify(&token(secret.as_bytes(), tenant)).expect("token verifies");
+            assert_eq!(verified.tenant.as_str(), tenant.id);
+        }
+    }
+}
