@@ -165,23 +165,26 @@ async fn demo(options: &Options, bins: PgBinaries, slot: &mut Option<Cluster>) -
     Ok(())
 }
 
-/// SIGINT and SIGTERM, until the proxy takes them over.
+/// SIGINT, SIGTERM and SIGHUP (a closed terminal), until the proxy takes them over.
 struct Stop {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Stop {
     fn new() -> anyhow::Result<Stop> {
         let int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
         let term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-        Ok(Stop { int, term })
+        let hup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+        Ok(Stop { int, term, hup })
     }
 
     async fn recv(&mut self) {
         tokio::select! {
             _ = self.int.recv() => {}
             _ = self.term.recv() => {}
+            _ = self.hup.recv() => {}
         }
     }
 }
