@@ -610,6 +610,10 @@ fn any_ident_ends(ident: &[u8], target: &[u8], at: usize, ends: &mut [bool]) {
 fn ident_is(tok: &Token<'_>, name: &str) -> bool {
     let target = name.as_bytes();
     tok.value_bytes().is_none_or(|v| {
+        // An ASCII identifier too short to be truncated matches only its own length.
+        if v.is_ascii() && v.len() < MAX_IDENT_LEN - 3 && v.len() != target.len() {
+            return false;
+        }
         // Targets are short keywords; the common case needs no heap.
         let mut small = [false; 64];
         let mut large = Vec::new();
