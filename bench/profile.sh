@@ -3,7 +3,7 @@
 # usage: bench/profile.sh <binary> <simple|extended|prepared> <transactions per client> <callgrind out file>
 # Needs bench/profile-setup.sh first (throwaway PostgreSQL on 55432) and token.txt from
 #   pgtenant token --tenant aaaaaaaa-0000-4000-8000-00000000000a --config bench/profile-proxy.toml --ttl 1d > bench/token.txt
-BIN=$1; MODE=$2; N=$3; OUT=$4
+BIN=$(realpath "$1"); MODE=$2; N=$3; OUT=$(realpath -m "$4")
 cd "$(dirname "$0")"
 valgrind --tool=callgrind --callgrind-out-file=$OUT $BIN serve --config profile-proxy.toml > proxy.log 2>&1 &
 VP=$!
