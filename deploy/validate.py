@@ -51,9 +51,10 @@ import yaml
 DEPLOY = Path(__file__).resolve().parent
 PGTENANT_IMAGE = "ghcr.io/example/pgtenant"
 CONFIG_PATH = "/etc/pgtenant/proxy.toml"
-# Secrets that come from elsewhere in the cluster, not from the overlay: which
-# object makes them (checked to be in the same render).
-EXTERNAL_SECRETS = {"pgtenant-tls": ("Certificate", "spec.secretName")}
+# Secrets that are made in the cluster, not by kustomize: the kind of the
+# object that makes them and its spec field naming the Secret (that object must
+# be in the same render).
+EXTERNAL_SECRETS = {"pgtenant-tls": ("Certificate", "secretName")}
 
 CRD_MODELS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): ("cloudcoil.models.prometheus_operator.v1", "ServiceMonitor"),
@@ -208,157 +209,179 @@ def addr_port(addr: str) -> int:
 def semantic_errors(objects):
     """Consistency checks across the rendered objects of one overlay."""
     try:
-        return _semantic_errors(objects)
+        rendered = Rendered(objects)
+        errors = selector_errors(rendered)
+        for workload, template in pod_templates(objects):
+            errors += reference_errors(rendered, workload, template["spec"])
+            for c in all_containers(template["spec"]):
+                errors += hardening_errors(name_of(workload), template["spec"], c)
+                if c["image"].startswith((PGTENANT_IMAGE + ":", PGTENANT_IMAGE + "@")):
+                    errors += pgtenant_errors(rendered, workload, template, c)
+        return errors
     except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
         # A malformed object (its schema errors say more).
         return [f"consistency checks could not run on a malformed object: {type(e).__name__} {e}"]
 
 
-def _semantic_errors(objects):
+class Rendered:
+    """The objects of one overlay, by kind and name."""
+
+    def __init__(self, objects):
+        self.objects = objects
+        self.by_kind = {}
+        for obj in objects:
+            self.by_kind.setdefault(obj.get("kind"), {})[obj["metadata"]["name"]] = obj
+
+    def of(self, kind):
+        return self.by_kind.get(kind, {})
+
+    def pod_labels(self):
+        return [t["metadata"].get("labels", {}) for _, t in pod_templates(self.objects)]
+
+
+def selector_errors(r: Rendered):
+    """Every selector selects something; the HPA target exists."""
     errors = []
-    by_kind = {}
-    for obj in objects:
-        by_kind.setdefault(obj.get("kind"), {})[obj["metadata"]["name"]] = obj
-    configmaps, secrets = by_kind.get("ConfigMap", {}), by_kind.get("Secret", {})
-    workloads = list(pod_templates(objects))
-
-    def pods_matching(selector):
-        return [w for w, t in workloads if matches(selector, t["metadata"].get("labels", {}))]
-
-    # Selectors must select something.
-    for kind, path in (
-        ("Service", lambda o: {"matchLabels": o["spec"].get("selector", {})}),
-        ("PodDisruptionBudget", lambda o: o["spec"]["selector"]),
-        ("NetworkPolicy", lambda o: o["spec"]["podSelector"]),
-        ("ServiceMonitor", None),
-        ("PodMonitor", lambda o: o["spec"]["selector"]),
-    ):
-        for obj in by_kind.get(kind, {}).values():
-            if kind == "ServiceMonitor":
-                if not any(matches(obj["spec"]["selector"], s["metadata"].get("labels", {})) for s in by_kind.get("Service", {}).values()):
-                    errors.append(f"{name_of(obj)}: selector matches no Service")
-                continue
-            if not pods_matching(path(obj)):
+    selectors = {
+        "Service": lambda o: {"matchLabels": o["spec"].get("selector", {})},
+        "PodDisruptionBudget": lambda o: o["spec"]["selector"],
+        "NetworkPolicy": lambda o: o["spec"]["podSelector"],
+        "PodMonitor": lambda o: o["spec"]["selector"],
+    }
+    for kind, selector in selectors.items():
+        for obj in r.of(kind).values():
+            if not any(matches(selector(obj), labels) for labels in r.pod_labels()):
                 errors.append(f"{name_of(obj)}: selector matches no pod template")
-    for hpa in by_kind.get("HorizontalPodAutoscaler", {}).values():
+    for monitor in r.of("ServiceMonitor").values():
+        services = [
+            s for s in r.of("Service").values() if matches(monitor["spec"]["selector"], s["metadata"].get("labels", {}))
+        ]
+        if not services:
+            errors.append(f"{name_of(monitor)}: selector matches no Service")
+        for service in services:
+            names = [p.get("name") for p in service["spec"]["ports"]]
+            for endpoint in monitor["spec"]["endpoints"]:
+                if endpoint.get("port") not in names:
+                    service_name = service["metadata"]["name"]
+                    errors.append(f"{name_of(monitor)}: Service {service_name} has no port {endpoint.get('port')!r}")
+    for hpa in r.of("HorizontalPodAutoscaler").values():
         ref = hpa["spec"]["scaleTargetRef"]
-        if ref["name"] not in by_kind.get(ref["kind"], {}):
+        target = r.of(ref["kind"]).get(ref["name"])
+        if target is None:
             errors.append(f"{name_of(hpa)}: scaleTargetRef {ref['kind']}/{ref['name']} is not rendered")
-        elif "replicas" in by_kind[ref["kind"]][ref["name"]]["spec"]:
+        elif "replicas" in target["spec"]:
             errors.append(f"{name_of(hpa)}: the target sets spec.replicas, which fights the autoscaler on every apply")
-    for monitor in list(by_kind.get("ServiceMonitor", {}).values()):
-        for endpoint in monitor["spec"]["endpoints"]:
-            services = [s for s in by_kind.get("Service", {}).values() if matches(monitor["spec"]["selector"], s["metadata"].get("labels", {}))]
-            for service in services:
-                if endpoint.get("port") not in [p.get("name") for p in service["spec"]["ports"]]:
-                    errors.append(f"{name_of(monitor)}: Service {service['metadata']['name']} has no port named {endpoint.get('port')!r}")
+    return errors
 
-    for workload, template in workloads:
-        where = name_of(workload)
-        spec = template["spec"]
-        pod_sc = spec.get("securityContext", {})
-        volumes = {v["name"]: v for v in spec.get("volumes", [])}
 
-        # References to ConfigMaps and Secrets (volumes, env) must resolve.
-        def check_ref(kind, name, key, context):
-            if kind == "Secret" and name in EXTERNAL_SECRETS and name not in secrets:
-                maker, field = EXTERNAL_SECRETS[name]
-                made = [o for o in by_kind.get(maker, {}).values() if o["spec"].get(field.split(".")[1]) == name]
-                if not made:
-                    errors.append(f"{where}: {context}: Secret {name} is neither rendered nor made by a rendered {maker}")
-                return
-            pool = configmaps if kind == "ConfigMap" else secrets
-            if name not in pool:
-                if kind == "Secret":
-                    # A Secret made outside the overlay (the placeholder component removed).
-                    print(f"  note: {where}: {context}: Secret {name} is not rendered; it must exist in the cluster")
-                    return
+def reference_errors(r: Rendered, workload, spec):
+    """ConfigMaps, Secrets and their keys that volumes and env vars name exist."""
+    errors = []
+    where = name_of(workload)
+
+    def check(kind, name, key, context):
+        if kind == "Secret" and name in EXTERNAL_SECRETS and name not in r.of("Secret"):
+            maker, field = EXTERNAL_SECRETS[name]
+            if not any(o["spec"].get(field) == name for o in r.of(maker).values()):
+                errors.append(f"{where}: {context}: Secret {name} is neither rendered nor made by a rendered {maker}")
+            return
+        if name not in r.of(kind):
+            if kind == "Secret":
+                # Made outside the overlay (the placeholder component removed).
+                print(f"  note: {where}: {context}: Secret {name} is not rendered; it must exist in the cluster")
+            else:
                 errors.append(f"{where}: {context}: {kind} {name} is not rendered")
-                return
-            if key is not None and key not in pool[name].get("data", {}):
-                errors.append(f"{where}: {context}: {kind} {name} has no key {key!r}")
+            return
+        if key is not None and key not in r.of(kind)[name].get("data", {}):
+            errors.append(f"{where}: {context}: {kind} {name} has no key {key!r}")
 
-        for vname, volume in volumes.items():
-            sources = volume.get("projected", {}).get("sources", [])
-            if "configMap" in volume or "secret" in volume:
-                sources = [volume]
-            for src in sources:
-                for kind, field, ref_name in (("ConfigMap", "configMap", "name"), ("Secret", "secret", "secretName")):
-                    if field in src:
-                        ref = src[field].get(ref_name) or src[field].get("name")
-                        for item in src[field].get("items", []) or [None]:
-                            check_ref(kind, ref, item and item["key"], f"volume {vname}")
+    for volume in spec.get("volumes", []):
+        sources = volume["projected"].get("sources", []) if "projected" in volume else [volume]
+        for src in sources:
+            for kind, field in (("ConfigMap", "configMap"), ("Secret", "secret")):
+                if field in src:
+                    ref = src[field].get("name") or src[field].get("secretName")
+                    for item in src[field].get("items") or [None]:
+                        check(kind, ref, item and item["key"], f"volume {volume['name']}")
+    for c in all_containers(spec):
+        for env in c.get("env", []):
+            value_from = env.get("valueFrom", {})
+            for kind, field in (("Secret", "secretKeyRef"), ("ConfigMap", "configMapKeyRef")):
+                if field in value_from:
+                    check(kind, value_from[field]["name"], value_from[field]["key"], f"env {env['name']}")
+    return errors
 
-        for c in all_containers(spec):
-            cwhere = f"{where} container {c['name']}"
-            sc = c.get("securityContext", {})
-            for field, want in (("allowPrivilegeEscalation", False), ("readOnlyRootFilesystem", True)):
-                if sc.get(field) is not want:
-                    errors.append(f"{cwhere}: securityContext.{field} must be {want}")
-            if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True:
-                errors.append(f"{cwhere}: runAsNonRoot must be true")
-            if "ALL" not in sc.get("capabilities", {}).get("drop", []):
-                errors.append(f"{cwhere}: capabilities.drop must contain ALL")
-            seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {})).get("type")
-            if seccomp not in ("RuntimeDefault", "Localhost"):
-                errors.append(f"{cwhere}: seccompProfile must be RuntimeDefault")
-            if "memory" not in c.get("resources", {}).get("limits", {}) or "cpu" not in c.get("resources", {}).get("requests", {}):
-                errors.append(f"{cwhere}: needs a cpu request and a memory limit")
-            for env in c.get("env", []):
-                ref = env.get("valueFrom", {}).get("secretKeyRef") or env.get("valueFrom", {}).get("configMapKeyRef")
-                if ref:
-                    kind = "Secret" if "secretKeyRef" in env["valueFrom"] else "ConfigMap"
-                    check_ref(kind, ref["name"], ref["key"], f"env {env['name']}")
 
-        # The pgtenant container(s).
-        for c in all_containers(spec):
-            if not c["image"].startswith(PGTENANT_IMAGE + ":") and not c["image"].startswith(PGTENANT_IMAGE + "@"):
-                continue
-            cwhere = f"{where} container {c['name']}"
-            args = c.get("args", [])
-            if "serve" not in args or CONFIG_PATH not in args:
-                errors.append(f"{cwhere}: args must run `serve --config {CONFIG_PATH}`, got {args}")
-                continue
-            config = config_for(spec, c, configmaps)
-            if isinstance(config, str):
-                errors.append(f"{cwhere}: {config}")
-                continue
-            env = {e["name"]: e for e in c.get("env", [])}
-            section_env = lambda section, key: env.get(f"PGTENANT_{section.upper()}_{key.upper()}", {}).get("value")
-            http_addr = section_env("http", "addr") or config.get("http", {}).get("addr", "127.0.0.1:9930")
-            listen_addr = section_env("listen", "addr") or config.get("listen", {}).get("addr", "127.0.0.1:6432")
-            http_port = addr_port(http_addr)
-            if not http_addr.startswith("0.0.0.0:"):
-                errors.append(f"{cwhere}: http.addr {http_addr} is not reachable by the kubelet's probes or Prometheus")
-            for probe, path in (("livenessProbe", "/health"), ("readinessProbe", "/ready")):
-                get = c.get(probe, {}).get("httpGet")
-                if not get or get.get("path") != path or port_number(c, get.get("port")) != http_port:
-                    errors.append(f"{cwhere}: {probe} must be GET {path} on port {http_port} (http.addr)")
-            annotations = template["metadata"].get("annotations", {})
-            if annotations.get("prometheus.io/scrape") == "true" and annotations.get("prometheus.io/port") != str(http_port):
-                errors.append(f"{where}: prometheus.io/port must be {http_port} (http.addr)")
-            exposed = [p["containerPort"] for p in c.get("ports", [])]
-            if not listen_addr.startswith("127.") and addr_port(listen_addr) not in exposed:
-                errors.append(f"{cwhere}: listen.addr {listen_addr} port is not a containerPort")
-            if not listen_addr.startswith("127."):
-                if not (section_env("listen", "tls_cert") or config.get("listen", {}).get("tls_cert")):
-                    errors.append(f"{cwhere}: listens on {listen_addr} without client TLS")
-            for section, key in (("upstream", "password_env"), ("auth", "hs_secret_env")):
-                var = config.get(section, {}).get(key)
-                if var and var not in env:
-                    errors.append(f"{cwhere}: {section}.{key} names {var}, which the container does not set")
-            # Drain: the kubelet kills the pod terminationGracePeriodSeconds after
-            # the deletion; preStop sleeps come out of the same budget.
-            shutdown = config.get("listen", {}).get("shutdown_timeout_seconds", 30)
-            grace = spec.get("terminationGracePeriodSeconds", 30)
-            pre_stop = max(
-                [x.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0) for x in all_containers(spec)]
-            )
-            if grace <= pre_stop + shutdown:
-                errors.append(
-                    f"{where}: terminationGracePeriodSeconds {grace} must exceed preStop sleep {pre_stop}"
-                    f" + listen.shutdown_timeout_seconds {shutdown}"
-                )
+def hardening_errors(where, pod_spec, c):
+    """What Pod Security "restricted" asks of a container, plus resources."""
+    errors = []
+    where = f"{where} container {c['name']}"
+    sc, pod_sc = c.get("securityContext", {}), pod_spec.get("securityContext", {})
+    for field, want in (("allowPrivilegeEscalation", False), ("readOnlyRootFilesystem", True)):
+        if sc.get(field) is not want:
+            errors.append(f"{where}: securityContext.{field} must be {want}")
+    if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True:
+        errors.append(f"{where}: runAsNonRoot must be true")
+    if "ALL" not in sc.get("capabilities", {}).get("drop", []):
+        errors.append(f"{where}: capabilities.drop must contain ALL")
+    if sc.get("seccompProfile", pod_sc.get("seccompProfile", {})).get("type") not in ("RuntimeDefault", "Localhost"):
+        errors.append(f"{where}: seccompProfile must be RuntimeDefault")
+    resources = c.get("resources", {})
+    if "memory" not in resources.get("limits", {}) or "cpu" not in resources.get("requests", {}):
+        errors.append(f"{where}: needs a cpu request and a memory limit")
+    return errors
+
+
+def pgtenant_errors(r: Rendered, workload, template, c):
+    """The pgtenant container agrees with the proxy.toml it reads."""
+    where = f"{name_of(workload)} container {c['name']}"
+    spec = template["spec"]
+    args = c.get("args", [])
+    if "serve" not in args or CONFIG_PATH not in args:
+        return [f"{where}: args must run `serve --config {CONFIG_PATH}`, got {args}"]
+    config = config_for(spec, c, r.of("ConfigMap"))
+    if isinstance(config, str):
+        return [f"{where}: {config}"]
+    errors = []
+    env = {e["name"]: e for e in c.get("env", [])}
+
+    def setting(section, key, default=None):
+        """A config value as pgtenant sees it: PGTENANT_<SECTION>_<KEY> wins over the file."""
+        from_env = env.get(f"PGTENANT_{section.upper()}_{key.upper()}", {}).get("value")
+        return from_env if from_env is not None else config.get(section, {}).get(key, default)
+
+    http_addr, listen_addr = setting("http", "addr", "127.0.0.1:9930"), setting("listen", "addr", "127.0.0.1:6432")
+    http_port = addr_port(http_addr)
+    if not http_addr.startswith("0.0.0.0:"):
+        errors.append(f"{where}: http.addr {http_addr} is not reachable by the kubelet's probes or Prometheus")
+    for probe, path in (("livenessProbe", "/health"), ("readinessProbe", "/ready")):
+        get = c.get(probe, {}).get("httpGet")
+        if not get or get.get("path") != path or port_number(c, get.get("port")) != http_port:
+            errors.append(f"{where}: {probe} must be GET {path} on port {http_port} (http.addr)")
+    annotations = template["metadata"].get("annotations", {})
+    if annotations.get("prometheus.io/scrape") == "true" and annotations.get("prometheus.io/port") != str(http_port):
+        errors.append(f"{name_of(workload)}: prometheus.io/port must be {http_port} (http.addr)")
+    if not listen_addr.startswith("127."):
+        if addr_port(listen_addr) not in [p["containerPort"] for p in c.get("ports", [])]:
+            errors.append(f"{where}: listen.addr {listen_addr} port is not a containerPort")
+        if not setting("listen", "tls_cert"):
+            errors.append(f"{where}: listens on {listen_addr} without client TLS")
+    for section, key in (("upstream", "password_env"), ("auth", "hs_secret_env")):
+        var = config.get(section, {}).get(key)
+        if var and var not in env:
+            errors.append(f"{where}: {section}.{key} names {var}, which the container does not set")
+    # Drain: the kubelet kills the pod terminationGracePeriodSeconds after the
+    # deletion, and preStop sleeps come out of the same budget.
+    shutdown = int(setting("listen", "shutdown_timeout_seconds", 30))
+    grace = spec.get("terminationGracePeriodSeconds", 30)
+    pre_stop = max(
+        x.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0) for x in all_containers(spec)
+    )
+    if grace <= pre_stop + shutdown:
+        errors.append(
+            f"{name_of(workload)}: terminationGracePeriodSeconds {grace} must exceed preStop sleep {pre_stop}"
+            f" + listen.shutdown_timeout_seconds {shutdown}"
+        )
     return errors
 
 
@@ -458,11 +481,21 @@ def self_test(kubectl, rendered, versions, crds):
             "terminationGracePeriodSeconds 30 must exceed",
         ),
         "Service selector matching no pod": (
-            mutate(shared, "Service", "pgtenant", lambda o: o["spec"]["selector"].update({"app.kubernetes.io/name": "pgtenat"})),
+            mutate(
+                shared,
+                "Service",
+                "pgtenant",
+                lambda o: o["spec"]["selector"].update({"app.kubernetes.io/name": "pgtenat"}),
+            ),
             "selector matches no pod template",
         ),
         "readiness probe not on /ready": (
-            mutate(shared, "Deployment", "pgtenant", lambda o: container(o)["readinessProbe"]["httpGet"].update(path="/health")),
+            mutate(
+                shared,
+                "Deployment",
+                "pgtenant",
+                lambda o: container(o)["readinessProbe"]["httpGet"].update(path="/health"),
+            ),
             "readinessProbe must be GET /ready",
         ),
         "writable root filesystem": (
@@ -483,14 +516,18 @@ def self_test(kubectl, rendered, versions, crds):
             ),
             "upstream.password_env names APP_USER_PASSWORD",
         ),
+        "a TLS Secret that nothing makes (Certificate removed)": (
+            [o for o in shared if o["kind"] != "Certificate"],
+            "Secret pgtenant-tls is neither rendered nor made",
+        ),
         "a reference to a ConfigMap key that does not exist": (
             mutate(
                 shared,
                 "Deployment",
                 "pgtenant",
-                lambda o: o["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"][0]["configMap"]["items"][0].update(
-                    key="proxy.tom"
-                ),
+                lambda o: o["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"][0]["configMap"]["items"][
+                    0
+                ].update(key="proxy.tom"),
             ),
             "has no key 'proxy.tom'",
         ),
@@ -549,7 +586,9 @@ def main():
     print(f"; kubernetes-validate {kubernetes_validate.__version__} (schemas {', '.join(versions)}, strict)")
 
     if args.hadolint:
-        lint = subprocess.run([args.hadolint, "--failure-threshold", "info", str(DEPLOY / "Dockerfile")], capture_output=True, text=True)
+        lint = subprocess.run(
+            [args.hadolint, "--failure-threshold", "info", str(DEPLOY / "Dockerfile")], capture_output=True, text=True
+        )
         check("hadolint deploy/Dockerfile", [lint.stdout + lint.stderr] if lint.returncode != 0 else [])
 
     rendered = {}
