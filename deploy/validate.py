@@ -23,6 +23,9 @@ into deploy/.deps (gitignored) and passes their paths. What it does:
    (terminationGracePeriodSeconds > preStop sleep + shutdown timeout).
 5. Self-test: feeds deliberately broken objects and a broken kustomization
    through the same checks and fails unless every one is rejected.
+6. With --pgtenant BINARY (not used by CI, which builds the binary later):
+   runs `pgtenant check-config` on the configuration each overlay's pgtenant
+   container would see (its mounted files and environment).
 
 Exit status 0 when everything passes, 1 otherwise.
 """
@@ -385,6 +388,45 @@ def pgtenant_errors(r: Rendered, workload, template, c):
     return errors
 
 
+def check_config_errors(pgtenant: str, r: Rendered, workload, template, c):
+    """Runs `pgtenant check-config` on the configuration this container would
+    see: the files of its /etc/pgtenant volume written to a temporary
+    directory (paths rewritten to it), and its environment. Values from
+    Secrets are replaced by a dummy of valid length: this checks the
+    configuration, not the (placeholder) secrets."""
+    spec = template["spec"]
+    mount = next(m for m in c.get("volumeMounts", []) if CONFIG_PATH.startswith(m["mountPath"].rstrip("/") + "/"))
+    root = mount["mountPath"].rstrip("/") + "/"
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    with tempfile.TemporaryDirectory() as tmp:
+        for src in volume.get("projected", {}).get("sources", []) or [volume]:
+            for field in ("configMap", "secret"):
+                if field not in src:
+                    continue
+                obj = r.of("ConfigMap" if field == "configMap" else "Secret").get(src[field].get("name", ""))
+                for item in src[field].get("items", []):
+                    path = Path(tmp) / item["path"]
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    # Secrets made in the cluster (the TLS pair): an empty file stands in.
+                    data = (obj or {}).get("data", {}).get(item["key"], "")
+                    path.write_text(data.replace(root, tmp + "/") if field == "configMap" else "")
+        env = {"PATH": "/usr/bin:/bin"}
+        for e in c.get("env", []):
+            if "value" in e:
+                env[e["name"]] = e["value"].replace(root, tmp + "/")
+            elif "valueFrom" in e:
+                env[e["name"]] = "x" * 64
+        result = subprocess.run(
+            [pgtenant, "check-config", "--config", f"{tmp}/{CONFIG_PATH[len(root) :]}"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+    if result.returncode != 0:
+        return [result.stderr.strip() or f"exit status {result.returncode}"]
+    return []
+
+
 def config_for(pod_spec, container, configmaps):
     """The proxy.toml a container reads, parsed; or a string saying why not."""
     for mount in container.get("volumeMounts", []):
@@ -565,6 +607,10 @@ def main():
     )
     parser.add_argument("--schema-cache", type=Path, help="where generated CRD schemas are cached")
     parser.add_argument("--no-self-test", action="store_true")
+    parser.add_argument(
+        "--pgtenant",
+        help="a pgtenant binary: also run `pgtenant check-config` on the configuration each overlay's pgtenant sees",
+    )
     args = parser.parse_args()
     versions = args.k8s_versions.split(",")
     crds = CrdSchemas(args.schema_cache)
@@ -604,6 +650,13 @@ def main():
             schema = "CRD schema" if (obj["apiVersion"], obj["kind"]) in CRD_MODELS else "Kubernetes schema"
             check(f"{overlay.name}: {name_of(obj)} ({schema})", schema_errors(obj, versions, crds))
         check(f"{overlay.name}: references, selectors, hardening, probes, drain timing", semantic_errors(objects))
+        if args.pgtenant:
+            rendered_objects = Rendered(objects)
+            for workload, template in pod_templates(objects):
+                for c in all_containers(template["spec"]):
+                    if c["image"].startswith((PGTENANT_IMAGE + ":", PGTENANT_IMAGE + "@")):
+                        label = f"{overlay.name}: pgtenant check-config ({name_of(workload)} container {c['name']})"
+                        check(label, check_config_errors(args.pgtenant, rendered_objects, workload, template, c))
 
     if not args.no_self_test:
         print("self-test: deliberately broken inputs must be rejected")
