@@ -556,6 +556,30 @@ impl Name<'_> {
 /// - the identifier may stop anywhere after `MAX_IDENT_LEN - 3` target bytes, since
 ///   the server truncates it to 63 bytes, backing off to a character boundary.
 fn ident_ends(ident: &[u8], target: &[u8], at: usize, ends: &mut [bool]) {
+    if ident.is_ascii() {
+        ascii_ident_ends(ident, target, at, ends);
+    } else {
+        any_ident_ends(ident, target, at, ends);
+    }
+}
+
+/// [`ident_ends`] for an all-ASCII identifier (nearly every one): a single
+/// offset is reachable at each step, so no allocation is needed.
+fn ascii_ident_ends(ident: &[u8], target: &[u8], at: usize, ends: &mut [bool]) {
+    for (i, c) in ident.iter().enumerate() {
+        let p = at + i;
+        if p >= at + MAX_IDENT_LEN - 3 {
+            ends[p] = true;
+        }
+        if !target.get(p).is_some_and(|t| c.eq_ignore_ascii_case(t)) {
+            return;
+        }
+    }
+    ends[at + ident.len()] = true;
+}
+
+/// [`ident_ends`] in general, tracking every reachable offset.
+fn any_ident_ends(ident: &[u8], target: &[u8], at: usize, ends: &mut [bool]) {
     let mut reach = vec![false; target.len() + 1];
     reach[at] = true;
     let mut i = 0;
@@ -586,8 +610,21 @@ fn ident_ends(ident: &[u8], target: &[u8], at: usize, ends: &mut [bool]) {
 fn ident_is(tok: &Token<'_>, name: &str) -> bool {
     let target = name.as_bytes();
     tok.value_bytes().is_none_or(|v| {
-        let mut ends = vec![false; target.len() + 1];
-        ident_ends(v, target, 0, &mut ends);
+        // An ASCII identifier too short to be truncated matches only its own length.
+        if v.is_ascii() && v.len() < MAX_IDENT_LEN - 3 && v.len() != target.len() {
+            return false;
+        }
+        // Targets are short keywords; the common case needs no heap.
+        let mut small = [false; 64];
+        let mut large = Vec::new();
+        let ends = match target.len() < small.len() {
+            true => &mut small[..=target.len()],
+            false => {
+                large.resize(target.len() + 1, false);
+                &mut large[..]
+            }
+        };
+        ident_ends(v, target, 0, ends);
         ends[target.len()]
     })
 }
@@ -891,6 +928,31 @@ fn advisory_lock(toks: &[Token<'_>]) -> Option<SessionEffect> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ascii_fast_path_agrees_with_the_general_matcher() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let alphabet = b"aAbB_.cfgnoist";
+        let targets: [&[u8]; 4] =
+            [b"set_config", b"app.current_tenant_id", b"a", &[b'x'; super::MAX_IDENT_LEN + 10]];
+        for _ in 0..20_000 {
+            let target = targets[(next() % 4) as usize];
+            let len = (next() % 80) as usize;
+            let ident: Vec<u8> = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+            let ident = if next() % 3 == 0 { target[..len.min(target.len())].to_vec() } else { ident };
+            let at = (next() % (target.len() as u64 + 1)) as usize;
+            let (mut fast, mut slow) = (vec![false; target.len() + 1], vec![false; target.len() + 1]);
+            super::ascii_ident_ends(&ident, target, at, &mut fast);
+            super::any_ident_ends(&ident, target, at, &mut slow);
+            assert_eq!(fast, slow, "{:?} in {:?} at {at}", String::from_utf8_lossy(&ident), String::from_utf8_lossy(target));
+        }
+    }
+
     use super::*;
 
     const TENANT: &str = "app.current_tenant_id";

@@ -244,7 +244,7 @@ impl Session {
     /// Execute; after one that ends a transaction, the steps that follow in
     /// the same unit run in a new transaction, which needs the tenant again.
     pub(super) fn on_execute(&mut self, msg: &Bytes) -> Result<(), Fatal> {
-        crate::metrics::hot().queries.increment(1);
+        self.traffic.queries += 1;
         let (portal, _) =
             frame::cstr(&msg[frame::HEADER_LEN..]).ok_or_else(|| Fatal::new("08P01", "invalid Execute message"))?;
         self.forward_step(Step::Execute, msg, First::Plain);
