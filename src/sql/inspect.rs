@@ -938,8 +938,7 @@ mod tests {
             seed
         };
         let alphabet = b"aAbB_.cfgnoist";
-        let targets: [&[u8]; 4] =
-            [b"set_config", b"app.current_tenant_id", b"a", &[b'x'; super::MAX_IDENT_LEN + 10]];
+        let targets: [&[u8]; 4] = [b"set_config", b"app.current_tenant_id", b"a", &[b'x'; super::MAX_IDENT_LEN + 10]];
         for _ in 0..20_000 {
             let target = targets[(next() % 4) as usize];
             let len = (next() % 80) as usize;
@@ -949,7 +948,13 @@ mod tests {
             let (mut fast, mut slow) = (vec![false; target.len() + 1], vec![false; target.len() + 1]);
             super::ascii_ident_ends(&ident, target, at, &mut fast);
             super::any_ident_ends(&ident, target, at, &mut slow);
-            assert_eq!(fast, slow, "{:?} in {:?} at {at}", String::from_utf8_lossy(&ident), String::from_utf8_lossy(target));
+            assert_eq!(
+                fast,
+                slow,
+                "{:?} in {:?} at {at}",
+                String::from_utf8_lossy(&ident),
+                String::from_utf8_lossy(target)
+            );
         }
     }
 
