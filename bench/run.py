@@ -362,7 +362,7 @@ def _raw(report: Report) -> dict:
         "login": [{k: v for k, v in x.items() if k != "cell"} | {"runs": [res(r) for r in x["cell"].runs]}
                   for x in report.login],
         "memory": report.memory,
-        "targets": report.target_results() if report.workloads else [],
+        "targets": report.target_results(),
     }
 
 

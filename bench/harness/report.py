@@ -151,6 +151,7 @@ class Report:
         out.append("")
         if self.workloads:
             out += self._throughput()
+        if self.workloads or self.memory:
             out += self._targets()
         if self.login:
             out += self._login()
@@ -223,6 +224,8 @@ class Report:
     def target_results(self) -> list[tuple[str, str, str]]:
         """(target, verdict, detail) for each target of the issue."""
         res = []
+        if not self.workloads:
+            return self._memory_targets()
 
         def tps(w, t, c):
             cell = self.get(w, t, c)
@@ -254,10 +257,14 @@ class Report:
             r = ratio(tps(w, "pgtenant", 1000), tps(w, "direct", 1000))
             res.append((f"{w}, 1,000 clients on a pool of {self.settings['pool_size']}: pgtenant ≥ direct "
                         "PostgreSQL with 1,000 connections", *_verdict(r, 1.0)))
+        return res + self._memory_targets()
+
+    def _memory_targets(self) -> list[tuple[str, str, str]]:
+        res = []
         for m in self.memory:
             if m["proxy"] == "pgtenant" and not m["tls"] and m.get("bytes_per_client") is not None:
                 b = m["bytes_per_client"]
-                res.append((f"memory: ≤ 16 KiB per idle plain client ({m['clients']:,} clients)",
+                res.append((f"memory: ≤ 16 KiB per idle plain client ({m['opened']:,} clients)",
                             "met" if b <= 16384 else "NOT met", f"{b / 1024:.1f} KiB per client"))
         return res
 
