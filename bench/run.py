@@ -32,7 +32,7 @@ from harness import idle  # noqa: E402
 from harness.pgbench import APP_SIDE_SCRIPT, WORKLOADS, Result, Target, log_result, run_pgbench  # noqa: E402
 from harness.report import Cell, Report, loadavg, machine_info  # noqa: E402
 from harness.services import (APP_USER, DATABASE, PgBouncer, Pgtenant, Postgres, RsaJwtKey, Tls,  # noqa: E402
-                              Workspace, build_pgtenant, ensure_pgbouncer, git_commit, pgbench_bin,
+                              Workspace, build_pgtenant, ensure_pgbouncer, git_commit, pgbench_bin, pgbouncer_bin,
                               pgbouncer_supports_prepared, pgbouncer_version)
 from harness.util import BenchError, log, raise_nofile, rss_kib, run  # noqa: E402
 
@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="what to run (default: all three phases)")
     p.add_argument("--quick", action="store_true",
                    help="validation mode: 3 s cells, 1 repeat, clients 1,32, 500 idle clients")
-    p.add_argument("--duration", type=float, help="seconds per pgbench run (default 30; quick 3)")
+    p.add_argument("--duration", type=float, help="seconds per pgbench run (default 20; quick 3)")
     p.add_argument("--repeats", type=int, help="runs per cell; the report gives medians (default 3; quick 1)")
     p.add_argument("--clients", help="client counts, comma-separated (default 1,32,256,1000; quick 1,32)")
     p.add_argument("--only", help="workloads, comma-separated, from: " + ", ".join(WORKLOADS)
@@ -67,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs) for debugging")
     a = p.parse_args(argv)
     q = a.quick
-    a.duration = a.duration if a.duration is not None else (3.0 if q else 30.0)
+    a.duration = a.duration if a.duration is not None else (3.0 if q else 20.0)
     a.repeats = a.repeats if a.repeats is not None else (1 if q else 3)
     a.clients = [int(x) for x in (a.clients or ("1,32" if q else "1,32,256,1000")).split(",") if x.strip()]
     a.warmup = a.warmup if a.warmup is not None else (1.0 if q else 5.0)
@@ -83,21 +83,34 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def estimate_seconds(a) -> float:
-    """Rough wall time: each pgbench run costs its duration plus ~4 s (connect, settle, vacuum)."""
+    """Rough wall time: each pgbench run costs its duration plus ~2 s (connect, settle, vacuum)."""
     total = 0.0
     if "pgbench" in a.phases:
         runs = 0
         app_side = any(WORKLOADS[w]["app_side"] for w in a.workloads)
-        for _w in a.workloads:
-            runs += 3 * len(a.clients) * a.repeats
+        for w in a.workloads:
+            targets = 2 if (w == "select-prepared" and not pgbouncer_supports_prepared_cached()) else 3
+            runs += targets * len(a.clients) * a.repeats
         if app_side:
             runs += len(a.clients) * a.repeats
-        total += runs * (a.duration + 4) + 3 * (a.warmup + 3) + 60
+        total += runs * (a.duration + 2) + 3 * (a.warmup + 3) + 30
+        if max(a.clients) >= 500:   # logging 1,000 clients in (SCRAM for direct and PgBouncer)
+            total += a.repeats * len(a.workloads) * 3 * 8
     if "login" in a.phases:
-        total += 7 * a.repeats * (a.login_duration + 3) + 20
+        total += 7 * a.repeats * (a.login_duration + 1) + 20
     if "memory" in a.phases:
-        total += 4 * (a.idle_clients / 400 + 10)   # SCRAM logins to PgBouncer are the slow part
+        total += 4 * (a.idle_clients / 250 + 10)   # SCRAM logins to PgBouncer are the slow part
     return total
+
+
+def pgbouncer_supports_prepared_cached() -> bool:
+    """For the estimate only: without installing anything (not installed = Debian's 1.18)."""
+    if pgbouncer_bin() is None:
+        return False
+    try:
+        return pgbouncer_supports_prepared()
+    except BenchError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,6 +146,14 @@ def phase_pgbench(a, ws: Workspace, pg: Postgres, binary: Path, report: Report) 
                              f"(logs in {ws.dir}; rerun with --keep to keep them)")
 
     last_tps: dict[tuple, float] = {}
+    conn_seconds: dict[tuple, float] = {}
+
+    def allowance(target: str, clients: int) -> float:
+        """Extra -T seconds for opening the connections: 1.5× the last observed, else a guess."""
+        seen = conn_seconds.get((target, clients))
+        if seen is not None:
+            return 1.5 * seen + 1
+        return 1 + clients * (0.01 if target in ("direct", "app-side", "pgbouncer") else 0.002)
 
     def sampling(workload: str, target: str, clients: int) -> float:
         est = last_tps.get((workload, target, clients)) or last_tps.get((workload, target)) or last_tps.get(target)
@@ -143,7 +164,9 @@ def phase_pgbench(a, ws: Workspace, pg: Postgres, binary: Path, report: Report) 
     def measure(workload: str, target: Target, mode_args: list[str], clients: int, rep: int) -> None:
         rate = sampling(workload, target.key, clients)
         res = run_pgbench(target, mode_args, clients=clients, jobs=a.jobs, duration=a.duration,
-                          sampling_rate=rate, workdir=ws.dir)
+                          sampling_rate=rate, workdir=ws.dir, connect_allowance=allowance(target.key, clients))
+        if res.raw.get("connection_ms") is not None:
+            conn_seconds[(target.key, clients)] = res.raw["connection_ms"] / 1000
         report.cell(workload, target.key, clients).runs.append(res)
         log_result(f"{workload} {target.label} c={clients} #{rep + 1}", res)
         if res.ok:

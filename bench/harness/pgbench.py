@@ -72,10 +72,16 @@ _CONN = re.compile(r"^(?:average connection time|initial connection time) = ([0-
 
 def run_pgbench(target: Target, mode_args: list[str], *, clients: int, jobs: int, duration: float,
                 sampling_rate: float | None, workdir: Path, connect_each: bool = False,
-                extra_env: dict | None = None) -> Result:
-    """One pgbench run. `sampling_rate` None = no per-transaction log (login runs)."""
+                connect_allowance: float = 0.0, extra_env: dict | None = None) -> Result:
+    """One pgbench run. `sampling_rate` None = no per-transaction log (login runs).
+
+    pgbench's -T includes the time to open the connections (seconds for 1,000 SCRAM logins), so
+    -T is `duration + connect_allowance`: the measured window (tps is "without initial connection
+    time") then lasts about `duration` whatever the target.
+    """
+    seconds = max(1, int(round(duration + connect_allowance)))
     cmd = [pgbench_bin(), "-h", "127.0.0.1", "-p", str(target.port), "-U", target.user, "-n",
-           "-T", str(max(1, int(round(duration)))), "-c", str(clients), "-j", str(min(jobs, clients))]
+           "-T", str(seconds), "-c", str(clients), "-j", str(min(jobs, clients))]
     cmd += mode_args
     if connect_each:
         cmd.append("-C")
@@ -90,7 +96,7 @@ def run_pgbench(target: Target, mode_args: list[str], *, clients: int, jobs: int
     env.update({"PGPASSWORD": target.password, "PGSSLMODE": target.sslmode, "PGGSSENCMODE": "disable",
                 "PGCONNECT_TIMEOUT": "60"})
     env.update(extra_env or {})
-    timeout = duration * 3 + 120 + clients * 0.2
+    timeout = seconds * 3 + 120 + clients * 0.2
     try:
         proc = subprocess.run(cmd, env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               stdin=subprocess.DEVNULL, timeout=timeout)
@@ -100,7 +106,7 @@ def run_pgbench(target: Target, mode_args: list[str], *, clients: int, jobs: int
     except subprocess.TimeoutExpired:
         out, err, code = "", f"pgbench timed out after {timeout:.0f}s", -1
     res = Result()
-    res.raw = {"cmd": " ".join(cmd[1:]), "returncode": code}
+    res.raw = {"cmd": " ".join(cmd[1:]), "returncode": code, "stderr_tail": err[-500:]}
     m = _TPS.search(out)
     if m:
         res.tps = float(m.group(1))
@@ -115,11 +121,18 @@ def run_pgbench(target: Target, mode_args: list[str], *, clients: int, jobs: int
         res.raw["connection_ms"] = float(m.group(1))
     failed = _FAILED.search(out)
     if code != 0 or res.tps is None or (failed and int(failed.group(1)) > 0):
-        lines = [ln for ln in (err + "\n" + out).splitlines() if ln.strip()]
-        interesting = [ln for ln in lines if "error" in ln.lower() or "fatal" in ln.lower() or "abort" in ln.lower()]
-        res.error = (interesting or lines or [f"pgbench exited {code}"])[0][:300]
-        if failed and int(failed.group(1)) > 0 and code == 0:
+        lines = [ln.strip() for ln in err.splitlines() if ln.strip() and not ln.startswith("pgbench (")]
+        interesting = [ln for ln in lines if any(w in ln.lower() for w in ("error", "fatal", "abort", "could not"))]
+        if interesting or lines:
+            res.error = (interesting or lines)[0][:300]
+        elif res.tps is None and res.transactions == 0:
+            res.error = (f"no transaction completed in -T {seconds} (opening {clients} connections took "
+                         "longer? raise --duration)")
+        else:
+            res.error = f"pgbench exited {code} without a tps line"
+        if failed and int(failed.group(1)) > 0:
             res.error = f"{failed.group(1)} failed transactions: {res.error}"
+        res.tps = None if code != 0 else res.tps
     if logdir is not None:
         lat = _read_latencies(logdir)
         res.samples = len(lat)
