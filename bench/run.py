@@ -28,8 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import idle  # noqa: E402
-from harness.pgbench import APP_SIDE_SCRIPT, WORKLOADS, Result, Target, log_result, run_pgbench  # noqa: E402
+from harness import idle, profile  # noqa: E402
+from harness.pgbench import (APP_SIDE_SCRIPT, WORKLOADS, Result, Target, describe, log_result,  # noqa: E402
+                             run_pgbench)
 from harness.report import Cell, Report, loadavg, machine_info  # noqa: E402
 from harness.services import (APP_USER, DATABASE, PgBouncer, Pgtenant, Postgres, RsaJwtKey, Tls,  # noqa: E402
                               Workspace, build_pgtenant, ensure_pgbouncer, git_commit, pgbench_bin, pgbouncer_bin,
@@ -64,6 +65,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-pgbouncer-memory", action="store_true", help="skip PgBouncer in the memory phase")
     p.add_argument("--out", help="report path (default bench/results/<UTC timestamp>[-quick].md)")
     p.add_argument("--pgtenant-bin", help="use this pgtenant binary instead of cargo build --release")
+    p.add_argument("--perf", nargs="?", const="select-simple:32,select-extended:32,select-simple:1",
+                   metavar="WORKLOAD:CLIENTS,...",
+                   help="after a cell's repeats, one extra unrecorded run each with `perf record` on pgtenant and "
+                        "on PgBouncer; flat profiles go to <report>-perf/ (default cells: the targets' "
+                        "select-simple:32, select-extended:32, select-simple:1)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs) for debugging")
     a = p.parse_args(argv)
     q = a.quick
@@ -79,6 +85,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
     a.phases = PHASES if a.phase == "all" else (a.phase,)
+    a.perf_cells = set()
+    if a.perf:
+        for item in a.perf.split(","):
+            w, _, c = item.strip().partition(":")
+            if w not in WORKLOADS or not c.isdigit():
+                p.error(f"--perf: {item!r} is not WORKLOAD:CLIENTS")
+            a.perf_cells.add((w, int(c)))
     return a
 
 
@@ -117,7 +130,7 @@ def pgbouncer_supports_prepared_cached() -> bool:
 # Phase 1: throughput and latency
 # ---------------------------------------------------------------------------------------------
 
-def phase_pgbench(a, ws: Workspace, pg: Postgres, binary: Path, report: Report) -> None:
+def phase_pgbench(a, ws: Workspace, pg: Postgres, binary: Path, report: Report, perf_dir: Path) -> None:
     max_clients = max(a.clients)
     pgb = PgBouncer(ws, pg, a.pool_size, max(2000, max_clients + 100))
     pgb.start()
@@ -196,6 +209,19 @@ def phase_pgbench(a, ws: Workspace, pg: Postgres, binary: Path, report: Report) 
                     app_done.add((c, rep))
                     app = Target("app-side", "app-side (direct)", pg.port, APP_USER, pg.app_password)
                     measure("app-side", app, app_args, c, rep)
+            if (w, c) in a.perf_cells:
+                for key, svc in (("pgtenant", pgt), ("pgbouncer", pgb)):
+                    if key == "pgbouncer" and w == "select-prepared" and not prepared_ok:
+                        continue
+                    if tpcb:
+                        pg.vacuum()
+                    rec = profile.PerfRecording(svc.pid, ws.path(f"perf-{key}.data"))
+                    res = run_pgbench(targets[key], spec["args"], clients=c, jobs=a.jobs, duration=a.duration,
+                                      sampling_rate=None, workdir=ws.dir, connect_allowance=allowance(key, c))
+                    rec.stop(perf_dir / f"{w}-c{c}-{key}.txt",
+                             f"{key}, {spec['title']}, {c} clients: {describe(res)} (under perf; not in the table)")
+                    report.profiles.append(f"{w}-c{c}-{key}.txt")
+                    time.sleep(1)
     pgt.stop()
     pgb.stop()
 
@@ -343,8 +369,17 @@ def main(argv=None) -> int:
         tls = rsa = None
         if "login" in a.phases or "memory" in a.phases:
             tls = Tls(ws)
+        out = Path(a.out) if a.out else REPO / "bench" / "results" / (
+            started.strftime("%Y%m%dT%H%M%SZ") + ("-quick" if a.quick else "") + ".md")
+        perf_dir = out.with_name(out.stem + "-perf")
+        if a.perf_cells and not profile.available():
+            log("--perf: `perf` not found (apt-get install linux-perf); no profiles")
+            a.perf_cells = set()
         if "pgbench" in a.phases:
-            phase_pgbench(a, ws, pg, binary, report)
+            phase_pgbench(a, ws, pg, binary, report, perf_dir)
+            if report.profiles:
+                report.notes.append(f"CPU profiles (perf, self time, one extra run per cell): "
+                                    f"{perf_dir.name}/ " + ", ".join(report.profiles))
         if "login" in a.phases:
             rsa = RsaJwtKey(ws)
             phase_login(a, ws, pg, binary, tls, rsa, report)
@@ -352,8 +387,6 @@ def main(argv=None) -> int:
             phase_memory(a, ws, pg, binary, tls, report, nofile)
         report.header["load_end"] = loadavg()
         text = report.render()
-        out = Path(a.out) if a.out else REPO / "bench" / "results" / (
-            started.strftime("%Y%m%dT%H%M%SZ") + ("-quick" if a.quick else "") + ".md")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         out.with_suffix(".json").write_text(json.dumps(_raw(report), indent=1, default=str))

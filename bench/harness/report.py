@@ -122,6 +122,7 @@ class Report:
         self.login: list[dict] = []
         self.memory: list[dict] = []
         self.notes: list[str] = []
+        self.profiles: list[str] = []
 
     def cell(self, workload: str, target: str, clients: int) -> Cell:
         return self.cells.setdefault((workload, target, clients), Cell())
