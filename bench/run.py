@@ -339,8 +339,10 @@ def main(argv=None) -> int:
     def on_signal(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    # SIGINT too: a shell that starts us in the background sets it to "ignore", and Ctrl-C must
+    # still clean up whatever way we were started.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
 
     est = estimate_seconds(a)
     log(f"phases: {', '.join(a.phases)}; estimated time: {est / 60:.0f} min")
@@ -402,9 +404,9 @@ def main(argv=None) -> int:
         return 130
     finally:
         if ws is not None:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)   # let cleanup finish
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)   # let cleanup finish
             ws.close()
-            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _raw(report: Report) -> dict:

@@ -372,11 +372,11 @@ class PgBouncer:
                 f"max_client_conn = {self.max_client_conn}\n"
                 "server_tls_sslmode = disable\n"
                 "query_wait_timeout = 120\n"
-                f"logfile = {self.logfile}\n"
                 f"{tls}"
             )
             ini = self.ws.write(f"{self.tag}.ini", conf, 0o600)
-            self.proc = spawn([binary, str(ini)], log_path=self.ws.path(f"{self.tag}.stderr"),
+            # Not daemonized, PgBouncer logs to stderr: that is its log file (no `logfile`, no double log).
+            self.proc = spawn([binary, str(ini)], log_path=self.logfile,
                               user=self.ws.run_as, cwd=self.ws.dir)
             try:
                 wait_for_port(self.port, 30, self.proc, "pgbouncer")
@@ -386,7 +386,7 @@ class PgBouncer:
             except BenchError as e:
                 stop_process(self.proc, timeout=5)
                 if attempt == 3:
-                    raise BenchError(f"{e}\n{tail(self.logfile)}\n{tail(self.ws.path(self.tag + '.stderr'))}")
+                    raise BenchError(f"{e}\n{tail(self.logfile)}")
 
     def stop(self, fast: bool = False) -> None:
         if self.proc is not None:
