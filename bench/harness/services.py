@@ -352,10 +352,13 @@ class PgBouncer:
         self.ws.register(self)
         for attempt in range(4):
             self.port = free_port()
-            tls = ""
+            extra = ""
+            if pgbouncer_supports_prepared():
+                # 1.21+: protocol-level prepared statements in transaction mode (off by default in 1.21).
+                extra += "max_prepared_statements = 200\n"
             if self.tls:
-                tls = (f"client_tls_sslmode = allow\nclient_tls_cert_file = {self.tls.cert}\n"
-                       f"client_tls_key_file = {self.tls.key}\n")
+                extra += (f"client_tls_sslmode = allow\nclient_tls_cert_file = {self.tls.cert}\n"
+                          f"client_tls_key_file = {self.tls.key}\n")
             conf = (
                 "[databases]\n"
                 f"{DATABASE} = host=127.0.0.1 port={self.pg.port} dbname={DATABASE}\n"
@@ -372,7 +375,7 @@ class PgBouncer:
                 f"max_client_conn = {self.max_client_conn}\n"
                 "server_tls_sslmode = disable\n"
                 "query_wait_timeout = 120\n"
-                f"{tls}"
+                f"{extra}"
             )
             ini = self.ws.write(f"{self.tag}.ini", conf, 0o600)
             # Not daemonized, PgBouncer logs to stderr: that is its log file (no `logfile`, no double log).
