@@ -45,6 +45,8 @@ use settings::{apply_startup_settings, overlay};
 /// Stop reading from one side while this much is waiting to be written to the other.
 const HIGH_WATER: usize = 256 << 10;
 const READ_CHUNK: usize = 16 << 10;
+/// Read room for a client with nothing buffered.
+const IDLE_READ: usize = 1 << 10;
 
 /// Transaction status byte of an idle session.
 const IDLE: u8 = b'I';
@@ -212,7 +214,7 @@ impl Session {
             cout,
             client_unflushed: false,
             server: None,
-            sout: BytesMut::with_capacity(READ_CHUNK),
+            sout: BytesMut::new(),
             server_unflushed: false,
             outstanding: Outstanding::default(),
             tenant_stmt: Bytes::from(stmt),
@@ -527,6 +529,8 @@ impl Session {
     }
 
     async fn wait_event(&mut self) -> Result<Event, Fatal> {
+        shrink_if_idle(&mut self.cout);
+        shrink_if_idle(&mut self.sout);
         let read_client = !has_whole_message(&self.cin) || self.cin.len() < HIGH_WATER;
         let read_server = self.cout.len() < HIGH_WATER;
         poll_fn(|cx| {
@@ -550,7 +554,7 @@ impl Session {
                 }
             }
             if read_client {
-                reserve(&mut self.cin);
+                reserve_client(&mut self.cin);
                 match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cin) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ok(Event::ClientEof)),
                     Poll::Ready(Ok(n)) => {
@@ -618,6 +622,29 @@ impl Session {
 
 fn has_whole_message(buf: &[u8]) -> bool {
     matches!(frame::complete_header(buf, usize::MAX), Ok(Some(_)))
+}
+
+/// Room to read a client's next message. Most clients sit idle most of the
+/// time, so an empty buffer gets only [`IDLE_READ`] bytes (a big one left by
+/// a large message is dropped), and a message in progress gets a full chunk:
+/// idle clients then cost about 1 KiB of buffer each, not 16.
+fn reserve_client(buf: &mut BytesMut) {
+    if !buf.is_empty() {
+        return reserve(buf);
+    }
+    if buf.capacity() > 2 * READ_CHUNK {
+        *buf = BytesMut::with_capacity(IDLE_READ);
+    } else if buf.capacity() < IDLE_READ {
+        buf.reserve(IDLE_READ);
+    }
+}
+
+/// Drops a buffer's allocation once it is empty and oversized (after a big
+/// result), so a connection that goes idle gives its memory back.
+fn shrink_if_idle(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
+        *buf = BytesMut::new();
+    }
 }
 
 fn reserve(buf: &mut BytesMut) {
