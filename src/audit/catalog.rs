@@ -459,7 +459,7 @@ async fn attach_foreign_keys(
 ) -> Result<(), AuditError> {
     let sql = "SELECT co.conrelid, pg_catalog.quote_ident(co.conname), \
                pg_catalog.format('%I.%I', fn.nspname, fc.relname), co.confrelid = ANY($2::oid[]), \
-               EXISTS (SELECT 1 FROM pg_catalog.unnest(co.conkey, co.confkey) AS k(l, r) \
+               EXISTS (SELECT 1 FROM unnest(co.conkey, co.confkey) AS k(l, r) \
                        JOIN pg_catalog.pg_attribute la ON la.attrelid = co.conrelid AND la.attnum = k.l \
                        JOIN pg_catalog.pg_attribute ra ON ra.attrelid = co.confrelid AND ra.attnum = k.r \
                        WHERE la.attname = $1::name AND ra.attname = $1::name), \
@@ -512,9 +512,17 @@ async fn other_tables(client: &Client, scope: &Scope) -> Result<Vec<(String, boo
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
+/// A function's signature, schema-qualified and quoted (`p` is its `pg_proc` row, `n` its schema).
+const SIGNATURE: &str = "pg_catalog.format('%I.%I(%s)', n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid))";
+
 /// `pg_catalog` functions whose names are in `names` that the role can execute.
-const EXECUTABLE_BUILTINS: &str = "SELECT p.oid::pg_catalog.regprocedure::text FROM pg_catalog.pg_proc p \
-     WHERE p.proname = ANY($2::name[]) AND pg_catalog.has_function_privilege($1::name, p.oid, 'EXECUTE') ORDER BY 1";
+fn executable_builtins() -> String {
+    format!(
+        "SELECT {SIGNATURE} FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+         WHERE n.nspname = 'pg_catalog' AND p.proname = ANY($2::name[]) \
+         AND pg_catalog.has_function_privilege($1::name, p.oid, 'EXECUTE') ORDER BY 1"
+    )
+}
 
 async fn privileges(client: &Client, role: &str) -> Result<Privileges, AuditError> {
     let schemas = format!(
@@ -529,24 +537,28 @@ async fn privileges(client: &Client, role: &str) -> Result<Privileges, AuditErro
                               pg_catalog.aclexplode(COALESCE(p.proacl, pg_catalog.acldefault('f', p.proowner))) a \
                               WHERE p.oid = 'pg_catalog.set_config(text,text,boolean)'::pg_catalog.regprocedure \
                               AND a.grantee = 0 AND a.privilege_type = 'EXECUTE')";
-    let dblink = "SELECT p.oid::pg_catalog.regprocedure::text FROM pg_catalog.pg_proc p \
-                  WHERE p.proname ~ '^dblink' AND pg_catalog.has_function_privilege($1::name, p.oid, 'EXECUTE') ORDER BY 1";
+    let dblink = format!(
+        "SELECT {SIGNATURE} FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+         WHERE p.proname ~ '^dblink' AND pg_catalog.has_function_privilege($1::name, p.oid, 'EXECUTE') ORDER BY 1"
+    );
     let views = "SELECT v FROM pg_catalog.unnest($2::text[]) v \
                  WHERE pg_catalog.has_table_privilege($1::name, v, 'SELECT') ORDER BY 1";
     let sc = query(client, set_config, &[&role]).await?;
     let sql_text = ["query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "ts_stat"];
     let activity_functions = ["pg_stat_get_activity", "pg_stat_get_backend_activity"];
     let names = |rows: Vec<Row>| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>();
-    let mut sql_text_functions = names(query(client, EXECUTABLE_BUILTINS, &[&role, &sql_text.to_vec()]).await?);
-    let rewrite = "SELECT p.oid::pg_catalog.regprocedure::text FROM pg_catalog.pg_proc p \
-                   WHERE p.oid = 'pg_catalog.ts_rewrite(tsquery,text)'::pg_catalog.regprocedure \
-                   AND pg_catalog.has_function_privilege($1::name, p.oid, 'EXECUTE')";
-    sql_text_functions.extend(names(query(client, rewrite, &[&role]).await?));
+    let mut sql_text_functions = names(query(client, &executable_builtins(), &[&role, &sql_text.to_vec()]).await?);
+    let rewrite = format!(
+        "SELECT {SIGNATURE} FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+         WHERE p.oid = 'pg_catalog.ts_rewrite(tsquery,text)'::pg_catalog.regprocedure \
+         AND pg_catalog.has_function_privilege($1::name, p.oid, 'EXECUTE')"
+    );
+    sql_text_functions.extend(names(query(client, &rewrite, &[&role]).await?));
     let mut activity_objects = names(query(client, views, &[&role, &vec!["pg_catalog.pg_stat_activity"]]).await?);
-    activity_objects.extend(names(query(client, EXECUTABLE_BUILTINS, &[&role, &activity_functions.to_vec()]).await?));
+    activity_objects.extend(names(query(client, &executable_builtins(), &[&role, &activity_functions.to_vec()]).await?));
     let mut prepared_objects = names(query(client, views, &[&role, &vec!["pg_catalog.pg_prepared_statements"]]).await?);
     prepared_objects
-        .extend(names(query(client, EXECUTABLE_BUILTINS, &[&role, &vec!["pg_prepared_statement"]]).await?));
+        .extend(names(query(client, &executable_builtins(), &[&role, &vec!["pg_prepared_statement"]]).await?));
     Ok(Privileges {
         temp: false,
         create_schemas: names(query(client, &schemas, &[&role]).await?),
@@ -554,7 +566,7 @@ async fn privileges(client: &Client, role: &str) -> Result<Privileges, AuditErro
         set_config: sc.first().is_some_and(|r| r.get(0)),
         set_config_public: sc.first().is_some_and(|r| r.get(1)),
         sql_text_functions,
-        dblink_functions: names(query(client, dblink, &[&role]).await?),
+        dblink_functions: names(query(client, &dblink, &[&role]).await?),
         activity_objects,
         prepared_objects,
     })
@@ -598,17 +610,19 @@ async fn views(client: &Client, role: &str, oids: &[u32]) -> Result<Vec<ViewInfo
 }
 
 async fn setting_functions(client: &Client, role: &str, setting: &str) -> Result<Vec<(String, bool)>, AuditError> {
-    let sql = "SELECT p.oid::pg_catalog.regprocedure::text, pg_catalog.has_function_privilege($1::name, p.oid, 'EXECUTE') \
-               FROM pg_catalog.pg_proc p \
-               WHERE EXISTS (SELECT 1 FROM pg_catalog.unnest(p.proconfig) c \
-                             WHERE pg_catalog.lower(pg_catalog.split_part(c, '=', 1)) = $2::text) ORDER BY 1";
-    let rows = query(client, sql, &[&role, &setting]).await?;
+    let sql = format!(
+        "SELECT {SIGNATURE}, pg_catalog.has_function_privilege($1::name, p.oid, 'EXECUTE') \
+         FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+         WHERE EXISTS (SELECT 1 FROM pg_catalog.unnest(p.proconfig) c \
+                             WHERE pg_catalog.lower(pg_catalog.split_part(c, '=', 1)) = $2::text) ORDER BY 1"
+    );
+    let rows = query(client, &sql, &[&role, &setting]).await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 async fn unpinned_definers(client: &Client, role: &str) -> Result<Vec<String>, AuditError> {
     let sql = format!(
-        "SELECT p.oid::pg_catalog.regprocedure::text FROM pg_catalog.pg_proc p \
+        "SELECT {SIGNATURE} FROM pg_catalog.pg_proc p \
          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
          WHERE p.prosecdef AND {USER_SCHEMAS} AND pg_catalog.has_function_privilege($1::name, p.oid, 'EXECUTE') \
          AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest(p.proconfig) c WHERE c ~* '^search_path=') \

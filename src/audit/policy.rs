@@ -55,7 +55,7 @@ pub fn policy_sql(table: &TenantTable, role_ident: &str, column_ident: &str, set
     let cond = tenant_condition(column_ident, setting, &table.column_type);
     let clauses = match command {
         "INSERT" => format!("WITH CHECK ({cond})"),
-        "UPDATE" => format!("USING ({cond}) WITH CHECK ({cond})"),
+        "UPDATE" => format!("USING ({cond})\n    WITH CHECK ({cond})"),
         _ => format!("USING ({cond})"),
     };
     format!(
@@ -115,7 +115,8 @@ fn header(catalog: &Catalog, scope: &Scope) -> String {
     let _ = writeln!(
         out,
         "-- pgtenant policy for database {} (PostgreSQL {})",
-        catalog.database, catalog.server_version
+        catalog.database,
+        super::checks::short_version(&catalog.server_version)
     );
     let _ = writeln!(out, "-- tenant column {}, setting {}, role {}", scope.column, scope.setting, scope.role);
     out.push_str(
@@ -242,7 +243,7 @@ mod tests {
         }
         let cond = "tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)";
         assert!(sql.contains(&format!("FOR INSERT TO app_user\n    WITH CHECK ({cond});")), "{sql}");
-        assert!(sql.contains(&format!("FOR UPDATE TO app_user\n    USING ({cond}) WITH CHECK ({cond});")), "{sql}");
+        assert!(sql.contains(&format!("FOR UPDATE TO app_user\n    USING ({cond})\n    WITH CHECK ({cond});")), "{sql}");
         assert!(sql.contains("Tables without it, left alone (1): public.plans"), "{sql}");
         assert!(sql.starts_with("-- pgtenant policy") && sql.ends_with("COMMIT;\n"), "{sql}");
     }

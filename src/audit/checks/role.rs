@@ -18,9 +18,13 @@ pub fn check(catalog: &Catalog, scope: &Scope) -> Vec<Finding> {
     let Some(role) = &catalog.role else { return Vec::new() };
     let object = format!("role {}", scope.role);
     let mut findings = attributes(catalog, role, &object);
+    if role.superuser {
+        // A superuser is a member of every role: ownership and memberships would only repeat it.
+        return findings;
+    }
     findings.extend(ownership(catalog, role, &object));
     findings.extend(memberships(role, &object));
-    if !role.superuser && !catalog.privileges.set_config {
+    if !catalog.privileges.set_config {
         findings.push(
             Finding::new(
                 "role.set_config_denied",

@@ -18,6 +18,7 @@ pub fn check(catalog: &Catalog, scope: &Scope, superuser: bool) -> Vec<Finding> 
         findings.extend(rls(table));
         findings.extend(missing_policies(catalog, scope, table, role));
         findings.extend(table.policies.iter().filter_map(|p| policy(table, p, &scope.setting)));
+        findings.extend(setting_forms(table, &scope.setting));
         findings.extend(indexes(catalog, scope, table));
         findings.extend(foreign_keys(table, &scope.column));
         if !superuser && !table.role_owns {
@@ -78,8 +79,7 @@ fn policy(table: &TenantTable, p: &Policy, setting: &str) -> Option<Finding> {
     if !p.permissive || !p.reachable {
         return None;
     }
-    let exprs: Vec<(&str, &str)> =
-        [("USING", p.using.as_deref()), ("WITH CHECK", p.check.as_deref())].into_iter().filter_map(|(k, e)| Some((k, e?))).collect();
+    let exprs = expressions(p);
     let drop = format!("DROP POLICY {} ON {};", p.name, table.name);
     let recreate = "-- then re-create it from `pgtenant policy`";
     if let Some((clause, _)) = exprs.iter().find(|(_, e)| e.trim() == "true") {
@@ -94,29 +94,54 @@ fn policy(table: &TenantTable, p: &Policy, setting: &str) -> Option<Finding> {
         );
         return Some(Finding::new("policy.no_setting", Severity::Unsafe, table.label(), why).fix(format!("{drop}\n{recreate}")));
     }
-    setting_form(table, p, &exprs, setting)
+    None
 }
 
-/// Info when a policy reads the setting without the recommended form.
-fn setting_form(table: &TenantTable, p: &Policy, exprs: &[(&str, &str)], setting: &str) -> Option<Finding> {
+/// Why a policy's reading of the setting is not the recommended form, if it is not.
+fn setting_form(p: &Policy, exprs: &[(&str, &str)], setting: &str) -> Option<&'static str> {
     if p.name.starts_with(POLICY_PREFIX) {
         return None;
     }
     let lit = literal(setting);
     let safe_read = format!("NULLIF(current_setting({lit}::text, true), ''::text)");
-    let mut problems = Vec::new();
     if exprs.iter().any(|(_, e)| !e.contains(&safe_read)) {
-        problems.push("without NULLIF(..., '') and missing_ok an unset tenant raises an error instead of matching nothing");
+        return Some("without NULLIF(..., '') and missing_ok, so an unset tenant raises an error instead of matching no rows");
     }
     let wrapped = |e: &str| e.find(&format!("current_setting({lit}")).is_some_and(|at| e[..at].contains("SELECT "));
     if exprs.iter().any(|(_, e)| !wrapped(e)) {
-        problems.push("not wrapped in (SELECT ...), so it is evaluated for every row instead of once per query");
+        return Some("outside a (SELECT ...) subquery, so it is evaluated for every row instead of once per query");
     }
-    if problems.is_empty() {
+    None
+}
+
+/// One info finding per table for its policies that read the setting in another form.
+fn setting_forms(table: &TenantTable, setting: &str) -> Option<Finding> {
+    let mut reasons: Vec<(&'static str, Vec<&str>)> = Vec::new();
+    for p in table.policies.iter().filter(|p| p.permissive && p.reachable) {
+        let exprs: Vec<(&str, &str)> = expressions(p);
+        if let Some(reason) = setting_form(p, &exprs, setting) {
+            match reasons.iter_mut().find(|(r, _)| *r == reason) {
+                Some((_, names)) => names.push(&p.name),
+                None => reasons.push((reason, vec![&p.name])),
+            }
+        }
+    }
+    if reasons.is_empty() {
         return None;
     }
-    let why = format!("policy {} reads {setting} {}", p.name, problems.join("; and "));
-    Some(Finding::new("policy.setting_form", Severity::Info, table.label(), why).fix("-- re-create it from `pgtenant policy`"))
+    let parts: Vec<String> =
+        reasons.iter().map(|(reason, names)| format!("{} read {setting} {reason}", names.join(", "))).collect();
+    let why = format!("policies {}", parts.join("; "));
+    let fix = "-- drop them where the pgtenant_* policies of `pgtenant policy` cover the same commands, else re-create them in that form";
+    Some(Finding::new("policy.setting_form", Severity::Info, table.label(), why).fix(fix))
+}
+
+/// A policy's expressions: (clause, text).
+fn expressions(p: &Policy) -> Vec<(&'static str, &str)> {
+    [("USING", p.using.as_deref()), ("WITH CHECK", p.check.as_deref())]
+        .into_iter()
+        .filter_map(|(k, e)| Some((k, e?)))
+        .collect()
 }
 
 fn indexes(catalog: &Catalog, scope: &Scope, table: &TenantTable) -> Vec<Finding> {
