@@ -212,7 +212,8 @@ fn audit_failure(command: &str, e: &AuditError) -> ExitCode {
 }
 
 fn scope(args: &ScopeArgs) -> Result<Scope, AuditError> {
-    let setting = pgtenant::config::custom_guc_name(&args.setting).map_err(|e| AuditError::Usage(format!("--setting: {e}")))?;
+    let setting =
+        pgtenant::config::custom_guc_name(&args.setting).map_err(|e| AuditError::Usage(format!("--setting: {e}")))?;
     Ok(Scope { role: args.role.clone(), column: args.column.clone(), setting })
 }
 

@@ -57,7 +57,8 @@ fn serious(report: &Value) -> Vec<(String, String)> {
 }
 
 /// Extra tenant tables for the reference schema: a partitioned table with one partition.
-const PARTITIONED: &str = "CREATE TABLE tool_runs (tenant_id uuid NOT NULL, at date NOT NULL, n int) PARTITION BY RANGE (at);
+const PARTITIONED: &str =
+    "CREATE TABLE tool_runs (tenant_id uuid NOT NULL, at date NOT NULL, n int) PARTITION BY RANGE (at);
      CREATE TABLE tool_runs_2026 PARTITION OF tool_runs FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
      CREATE TABLE plans (id int PRIMARY KEY, name text);
      GRANT SELECT ON plans TO app_user;";
@@ -407,8 +408,7 @@ fn probe(proxy: &Proxy, pg: &PgCluster, token_b: &str) -> (i32, Value) {
     let proxy_url = format!("postgres://probe@127.0.0.1:{}/app?sslmode=disable", proxy.port());
     let direct = format!("postgres://app_user:{}@127.0.0.1:{}/app?sslmode=disable", pg.app_password(), pg.port());
     let token_a = proxy.token(TENANT_A);
-    let args =
-        ["doctor", "--probe", "--json", "--proxy-url", &proxy_url, "--token-a", &token_a, "--token-b", token_b];
+    let args = ["doctor", "--probe", "--json", "--proxy-url", &proxy_url, "--token-a", &token_a, "--token-b", token_b];
     let out = pgtenant(&[&args[..], &["--database-url", &direct]].concat());
     let report: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("probe output is not JSON ({e}):\n{}\n{}", text(&out.stdout), text(&out.stderr)));
@@ -447,10 +447,11 @@ async fn probe_passes_through_an_isolating_proxy_and_fails_through_a_bypassing_o
     assert_eq!(code, 2);
 
     // The postgres superuser upstream (allowed explicitly) bypasses RLS: unsafe.
-    let options = ProxyOptions::default()
-        .upstream_user("postgres")
-        .unset("upstream", "password")
-        .set("upstream", "allow_rls_bypassing_role", "true");
+    let options = ProxyOptions::default().upstream_user("postgres").unset("upstream", "password").set(
+        "upstream",
+        "allow_rls_bypassing_role",
+        "true",
+    );
     let bypassing = Proxy::start(&pg, options).await;
     let (code, report) = probe(&bypassing, &pg, &bypassing.token(TENANT_B));
     assert_eq!(code, 2, "{report:#}");

@@ -62,7 +62,8 @@ async fn policy_output_applied_twice_isolates_tenants() {
     su.batch_execute(STRIP_RLS).await.expect("strip RLS");
 
     let sql = policy_sql(&url);
-    assert!(sql.contains("-- Tables with the tenant column (3): public.tenant_config, public.tool_calls, public.tool_events"));
+    assert!(sql
+        .contains("-- Tables with the tenant column (3): public.tenant_config, public.tool_calls, public.tool_events"));
     assert!(sql.contains("-- Tables without it, left alone (1): public.plans"), "{sql}");
     assert!(sql.contains("CREATE INDEX IF NOT EXISTS tool_calls_tenant_id_idx ON public.tool_calls (tenant_id);"));
     assert!(sql.contains("-- index led by tenant_id: tenant_config_pkey (exists)"), "{sql}");
@@ -74,11 +75,8 @@ async fn policy_output_applied_twice_isolates_tenants() {
     let again = policy_sql(&url);
     assert!(again.contains("-- index led by tenant_id: tool_calls_tenant_id_idx (exists)"), "{again}");
     su.batch_execute(&again).await.unwrap_or_else(|e| panic!("third apply: {e:?}\n{again}"));
-    let policies: i64 = su
-        .query_one("SELECT count(*) FROM pg_policy WHERE polname LIKE 'pgtenant\\_%'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let policies: i64 =
+        su.query_one("SELECT count(*) FROM pg_policy WHERE polname LIKE 'pgtenant\\_%'", &[]).await.unwrap().get(0);
     assert_eq!(policies, 12, "four policies on each of three tables, not duplicated");
 
     // The isolation behaviour of tests/isolation.rs, through the proxy.

@@ -301,7 +301,11 @@ pub fn major_of(num: i32) -> i32 {
     }
 }
 
-async fn query(client: &Client, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<Vec<Row>, AuditError> {
+async fn query(
+    client: &Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<Row>, AuditError> {
     client.query(sql, params).await.map_err(|e| AuditError::Query(super::describe_error(&e)))
 }
 
@@ -395,7 +399,12 @@ fn by_oid(tables: &mut [TenantTable], oid: u32) -> Option<&mut TenantTable> {
     tables.iter_mut().find(|t| t.oid == oid)
 }
 
-async fn attach_policies(client: &Client, role: &str, oids: &[u32], tables: &mut [TenantTable]) -> Result<(), AuditError> {
+async fn attach_policies(
+    client: &Client,
+    role: &str,
+    oids: &[u32],
+    tables: &mut [TenantTable],
+) -> Result<(), AuditError> {
     let sql = "SELECT p.polrelid, pg_catalog.quote_ident(p.polname), p.polcmd::text, p.polpermissive, \
                EXISTS (SELECT 1 FROM pg_catalog.unnest(p.polroles) r \
                        WHERE CASE WHEN r = 0 THEN true ELSE pg_catalog.pg_has_role($1::name, r, 'USAGE') END), \
@@ -421,7 +430,12 @@ async fn attach_policies(client: &Client, role: &str, oids: &[u32], tables: &mut
     Ok(())
 }
 
-async fn attach_indexes(client: &Client, column: &str, oids: &[u32], tables: &mut [TenantTable]) -> Result<(), AuditError> {
+async fn attach_indexes(
+    client: &Client,
+    column: &str,
+    oids: &[u32],
+    tables: &mut [TenantTable],
+) -> Result<(), AuditError> {
     let sql = "SELECT i.indrelid, pg_catalog.quote_ident(ic.relname), i.indisunique, i.indpred IS NOT NULL, \
                i.indkey[0] = a.attnum, \
                a.attnum = ANY (SELECT u.k FROM pg_catalog.unnest(i.indkey) WITH ORDINALITY AS u(k, ord) \
@@ -513,7 +527,8 @@ async fn other_tables(client: &Client, scope: &Scope) -> Result<Vec<(String, boo
 }
 
 /// A function's signature, schema-qualified and quoted (`p` is its `pg_proc` row, `n` its schema).
-const SIGNATURE: &str = "pg_catalog.format('%I.%I(%s)', n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid))";
+const SIGNATURE: &str =
+    "pg_catalog.format('%I.%I(%s)', n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid))";
 
 /// `pg_catalog` functions whose names are in `names` that the role can execute.
 fn executable_builtins() -> String {
@@ -532,7 +547,8 @@ async fn privileges(client: &Client, role: &str) -> Result<Privileges, AuditErro
     let languages = "SELECT pg_catalog.quote_ident(l.lanname) FROM pg_catalog.pg_language l \
                      WHERE l.lanpltrusted AND l.lanname <> 'sql' \
                      AND pg_catalog.has_language_privilege($1::name, l.oid, 'USAGE') ORDER BY 1";
-    let set_config = "SELECT pg_catalog.has_function_privilege($1::name, 'pg_catalog.set_config(text,text,boolean)', 'EXECUTE'), \
+    let set_config =
+        "SELECT pg_catalog.has_function_privilege($1::name, 'pg_catalog.set_config(text,text,boolean)', 'EXECUTE'), \
                       EXISTS (SELECT 1 FROM pg_catalog.pg_proc p, \
                               pg_catalog.aclexplode(COALESCE(p.proacl, pg_catalog.acldefault('f', p.proowner))) a \
                               WHERE p.oid = 'pg_catalog.set_config(text,text,boolean)'::pg_catalog.regprocedure \
@@ -555,7 +571,8 @@ async fn privileges(client: &Client, role: &str) -> Result<Privileges, AuditErro
     );
     sql_text_functions.extend(names(query(client, &rewrite, &[&role]).await?));
     let mut activity_objects = names(query(client, views, &[&role, &vec!["pg_catalog.pg_stat_activity"]]).await?);
-    activity_objects.extend(names(query(client, &executable_builtins(), &[&role, &activity_functions.to_vec()]).await?));
+    activity_objects
+        .extend(names(query(client, &executable_builtins(), &[&role, &activity_functions.to_vec()]).await?));
     let mut prepared_objects = names(query(client, views, &[&role, &vec!["pg_catalog.pg_prepared_statements"]]).await?);
     prepared_objects
         .extend(names(query(client, &executable_builtins(), &[&role, &vec!["pg_prepared_statement"]]).await?));

@@ -49,7 +49,8 @@ impl Target {
     pub fn parse(url: &str) -> Result<Target, AuditError> {
         let (rest, sslmode, rootcert) = split_tls_params(url);
         let tls = tls_mode(sslmode.as_deref(), rootcert)?;
-        let mut config = Config::from_str(&rest).map_err(|e| AuditError::Usage(format!("invalid database URL: {e}")))?;
+        let mut config =
+            Config::from_str(&rest).map_err(|e| AuditError::Usage(format!("invalid database URL: {e}")))?;
         if config.get_password().is_none() {
             if let Ok(password) = std::env::var("PGPASSWORD") {
                 config.password(password);

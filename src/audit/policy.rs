@@ -243,7 +243,10 @@ mod tests {
         }
         let cond = "tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)";
         assert!(sql.contains(&format!("FOR INSERT TO app_user\n    WITH CHECK ({cond});")), "{sql}");
-        assert!(sql.contains(&format!("FOR UPDATE TO app_user\n    USING ({cond})\n    WITH CHECK ({cond});")), "{sql}");
+        assert!(
+            sql.contains(&format!("FOR UPDATE TO app_user\n    USING ({cond})\n    WITH CHECK ({cond});")),
+            "{sql}"
+        );
         assert!(sql.contains("Tables without it, left alone (1): public.plans"), "{sql}");
         assert!(sql.starts_with("-- pgtenant policy") && sql.ends_with("COMMIT;\n"), "{sql}");
     }

@@ -151,7 +151,11 @@ async fn insert_markers(opts: &ProbeOptions, a: &Tenant, b: &Tenant) -> Result<(
             }
         }
     }
-    let why = if errors.is_empty() { "no tenant table is writable by the pooled role".to_string() } else { errors.join("; ") };
+    let why = if errors.is_empty() {
+        "no tenant table is writable by the pooled role".to_string()
+    } else {
+        errors.join("; ")
+    };
     Err(AuditError::Probe(format!("could not insert a marker row: {why} (pick one with --table)")))
 }
 
@@ -171,7 +175,8 @@ async fn candidate_tables(opts: &ProbeOptions, client: &Client) -> Result<Vec<Pr
                   AND pg_catalog.has_table_privilege(c.oid, 'SELECT') AND pg_catalog.has_table_privilege(c.oid, 'INSERT') \
                   AND pg_catalog.has_table_privilege(c.oid, 'UPDATE') AND pg_catalog.has_table_privilege(c.oid, 'DELETE') \
                   AND ($2::text IS NULL OR c.oid = pg_catalog.to_regclass($2::text)) ORDER BY 2";
-    let rows = client.query(tables, &[&opts.column, &opts.table]).await.map_err(probe_error("listing tenant tables"))?;
+    let rows =
+        client.query(tables, &[&opts.column, &opts.table]).await.map_err(probe_error("listing tenant tables"))?;
     let mut out = Vec::new();
     for row in rows {
         let oid: u32 = row.get(0);
@@ -231,14 +236,26 @@ async fn isolation_checks(
 ) -> Result<(), AuditError> {
     let object = format!("table {}", table.name);
     for (owner, other, marker) in [(a, b, &markers[0]), (b, a, &markers[1])] {
-        let own = count(&owner.client, &format!("SELECT count(*) FROM {} WHERE ctid = $1::text::tid", marker.relation), &marker.ctid).await?;
+        let own = count(
+            &owner.client,
+            &format!("SELECT count(*) FROM {} WHERE ctid = $1::text::tid", marker.relation),
+            &marker.ctid,
+        )
+        .await?;
         record(report, own == 1, "probe.own_rows", &object, Severity::Warning, || {
-            (format!("tenant {} sees its own row", owner.label), format!("tenant {} cannot see the row it just inserted: do the policies deny everything?", owner.label))
+            (
+                format!("tenant {} sees its own row", owner.label),
+                format!("tenant {} cannot see the row it just inserted: do the policies deny everything?", owner.label),
+            )
         });
         let filter = format!("{}::text = $1", table.column);
-        let seen = count(&other.client, &format!("SELECT count(*) FROM {} WHERE {filter}", table.name), &owner.id).await?;
+        let seen =
+            count(&other.client, &format!("SELECT count(*) FROM {} WHERE {filter}", table.name), &owner.id).await?;
         record(report, seen == 0, "probe.read", &object, Severity::Unsafe, || {
-            (format!("tenant {} sees none of tenant {}'s rows", other.label, owner.label), format!("tenant {} sees {seen} of tenant {}'s rows", other.label, owner.label))
+            (
+                format!("tenant {} sees none of tenant {}'s rows", other.label, owner.label),
+                format!("tenant {} sees {seen} of tenant {}'s rows", other.label, owner.label),
+            )
         });
         for verb in ["UPDATE", "DELETE"] {
             let sql = match verb {
@@ -250,7 +267,10 @@ async fn isolation_checks(
             record(report, changed == Ok(0), id, &object, Severity::Unsafe, || {
                 let what = format!("tenant {} cannot {verb} tenant {}'s rows", other.label, owner.label);
                 let why = match &changed {
-                    Ok(n) => format!("tenant {}'s {verb} reached {n} of tenant {}'s rows (rolled back)", other.label, owner.label),
+                    Ok(n) => format!(
+                        "tenant {}'s {verb} reached {n} of tenant {}'s rows (rolled back)",
+                        other.label, owner.label
+                    ),
                     Err(e) => format!("tenant {}'s {verb} failed unexpectedly: {e}", other.label),
                 };
                 (what, why)
@@ -337,11 +357,13 @@ async fn do_block_tenant(client: &Client, sql: &str) -> Result<Result<Option<Str
     let outcome = client.simple_query(sql).await;
     client.batch_execute("ROLLBACK").await.map_err(probe_error("ROLLBACK"))?;
     Ok(match outcome {
-        Ok(messages) => Ok(messages.iter().find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_string)),
-            _ => None,
-        })
-        .flatten()),
+        Ok(messages) => Ok(messages
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_string)),
+                _ => None,
+            })
+            .flatten()),
         Err(e) => Err(describe_error(&e)),
     })
 }
@@ -364,7 +386,10 @@ fn record(
 }
 
 async fn count(client: &Client, sql: &str, param: &str) -> Result<i64, AuditError> {
-    let row = client.query_one(sql, &[&param]).await.map_err(|e| AuditError::Probe(format!("{sql}: {}", describe_error(&e))))?;
+    let row = client
+        .query_one(sql, &[&param])
+        .await
+        .map_err(|e| AuditError::Probe(format!("{sql}: {}", describe_error(&e))))?;
     Ok(row.get(0))
 }
 

@@ -33,12 +33,16 @@ fn code_paths(catalog: &Catalog, role: &str) -> Vec<Finding> {
         findings.push(Finding::new("bypass.temp", Severity::Unsafe, &db, why).fix(fix));
     }
     for schema in &p.create_schemas {
-        let why = format!("the role can CREATE in schema {schema}: functions and views it creates can change the tenant setting");
+        let why = format!(
+            "the role can CREATE in schema {schema}: functions and views it creates can change the tenant setting"
+        );
         let fix = format!("REVOKE CREATE ON SCHEMA {schema} FROM {};", public_and(role));
         findings.push(Finding::new("bypass.create_schema", Severity::Unsafe, format!("schema {schema}"), why).fix(fix));
     }
     for language in &p.languages {
-        let why = format!("the role can use {language}: a DO block runs dynamic SQL (EXECUTE 'SET ...') the proxy never sees");
+        let why = format!(
+            "the role can use {language}: a DO block runs dynamic SQL (EXECUTE 'SET ...') the proxy never sees"
+        );
         let fix = format!("REVOKE USAGE ON LANGUAGE {language} FROM {};", public_and(role));
         findings.push(Finding::new("bypass.language", Severity::Unsafe, format!("language {language}"), why).fix(fix));
     }
@@ -47,7 +51,8 @@ fn code_paths(catalog: &Catalog, role: &str) -> Vec<Finding> {
         let fix = format!(
             "REVOKE EXECUTE ON FUNCTION {SET_CONFIG} FROM PUBLIC;\nGRANT EXECUTE ON FUNCTION {SET_CONFIG} TO {role};"
         );
-        findings.push(Finding::new("bypass.set_config", Severity::Warning, "function pg_catalog.set_config", why).fix(fix));
+        findings
+            .push(Finding::new("bypass.set_config", Severity::Warning, "function pg_catalog.set_config", why).fix(fix));
     }
     findings
 }
@@ -101,7 +106,12 @@ fn session_texts(catalog: &Catalog, role: &str) -> Vec<Finding> {
             "the role can list statements prepared on its connection ({}): on a pooled connection, other tenants' texts",
             p.prepared_objects.join(", ")
         );
-        let f = Finding::new("bypass.prepared_statements", Severity::Warning, "view pg_catalog.pg_prepared_statements", why);
+        let f = Finding::new(
+            "bypass.prepared_statements",
+            Severity::Warning,
+            "view pg_catalog.pg_prepared_statements",
+            why,
+        );
         findings.push(f.fix(revoke(&p.prepared_objects)));
     }
     findings
@@ -129,7 +139,9 @@ fn setting_sources(catalog: &Catalog, scope: &Scope, role: &str) -> Vec<Finding>
         findings.push(Finding::new("setting.role_default", Severity::Unsafe, object, why).fix(fix));
     }
     if let Some(source) = &catalog.server_setting_source {
-        let why = format!("{setting} has a server-wide value (from the {source}): a session with no tenant acts as that tenant");
+        let why = format!(
+            "{setting} has a server-wide value (from the {source}): a session with no tenant acts as that tenant"
+        );
         let fix = format!("-- remove {setting} from postgresql.conf / the server command line, then reload");
         findings.push(Finding::new("setting.server_default", Severity::Unsafe, "server settings", why).fix(fix));
     }
@@ -139,7 +151,9 @@ fn setting_sources(catalog: &Catalog, scope: &Scope, role: &str) -> Vec<Finding>
 /// The object and fix for one `pg_db_role_setting` entry.
 fn role_setting_fix(entry: &RoleSetting, database: &str, database_ident: &str, setting: &str) -> (String, String) {
     match (&entry.role, entry.this_database) {
-        (Some(r), true) => (format!("role {r}"), format!("ALTER ROLE {r} IN DATABASE {database_ident} RESET {setting};")),
+        (Some(r), true) => {
+            (format!("role {r}"), format!("ALTER ROLE {r} IN DATABASE {database_ident} RESET {setting};"))
+        }
         (Some(r), false) => (format!("role {r}"), format!("ALTER ROLE {r} RESET {setting};")),
         (None, true) => (format!("database {database}"), format!("ALTER DATABASE {database_ident} RESET {setting};")),
         (None, false) => ("every role".to_string(), format!("ALTER ROLE ALL RESET {setting};")),
@@ -157,7 +171,8 @@ fn views(catalog: &Catalog, role: &str) -> Vec<Finding> {
                 view.owner
             );
             let fix = format!("REVOKE SELECT ON {} FROM {};", view.name, public_and(role));
-            findings.push(Finding::new("view.materialized", Severity::Unsafe, format!("view {}", view.name), why).fix(fix));
+            findings
+                .push(Finding::new("view.materialized", Severity::Unsafe, format!("view {}", view.name), why).fix(fix));
         } else if !view.security_invoker {
             let why = format!(
                 "view over {reads} without security_invoker: it reads them as its owner {}, so the policies for {role} do not apply",
@@ -167,7 +182,10 @@ fn views(catalog: &Catalog, role: &str) -> Vec<Finding> {
             if catalog.major() < 15 {
                 fix.push_str("  -- PostgreSQL 15 or later; before that, drop the view or revoke SELECT on it");
             }
-            findings.push(Finding::new("view.not_security_invoker", Severity::Unsafe, format!("view {}", view.name), why).fix(fix));
+            findings.push(
+                Finding::new("view.not_security_invoker", Severity::Unsafe, format!("view {}", view.name), why)
+                    .fix(fix),
+            );
         }
     }
     findings
@@ -242,15 +260,17 @@ mod tests {
         assert_eq!(ids(&c), [("bypass.stat_activity", Severity::Warning)]);
         let fix = &check(&c, &scope())[0].fix;
         assert!(fix.contains("REVOKE SELECT ON pg_catalog.pg_stat_activity FROM PUBLIC, app_user;"), "{fix}");
-        assert!(fix.contains("REVOKE EXECUTE ON FUNCTION pg_stat_get_activity(integer) FROM PUBLIC, app_user;"), "{fix}");
+        assert!(
+            fix.contains("REVOKE EXECUTE ON FUNCTION pg_stat_get_activity(integer) FROM PUBLIC, app_user;"),
+            "{fix}"
+        );
     }
 
     #[test]
     fn setting_sources_are_unsafe() {
         let mut c = catalog();
         c.setting_functions = vec![("public.as_b()".into(), true), ("admin.x()".into(), false)];
-        c.role_settings =
-            vec![RoleSetting { role: Some("app_user".into()), this_database: false, value: "b".into() }];
+        c.role_settings = vec![RoleSetting { role: Some("app_user".into()), this_database: false, value: "b".into() }];
         assert_eq!(
             ids(&c),
             [
@@ -265,7 +285,8 @@ mod tests {
     #[test]
     fn views_read_as_their_owner() {
         let mut c = catalog();
-        let view = ViewInfo { name: "public.v".into(), owner: "postgres".into(), selectable: true, ..ViewInfo::default() };
+        let view =
+            ViewInfo { name: "public.v".into(), owner: "postgres".into(), selectable: true, ..ViewInfo::default() };
         c.views = vec![view.clone()];
         assert_eq!(ids(&c), [("view.not_security_invoker", Severity::Unsafe)]);
         c.views = vec![ViewInfo { security_invoker: true, ..view.clone() }];

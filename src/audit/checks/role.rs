@@ -43,25 +43,36 @@ fn attributes(catalog: &Catalog, role: &RoleInfo, object: &str) -> Vec<Finding> 
     let mut findings = Vec::new();
     if role.superuser {
         let why = "it is a superuser: row-level security never applies to it, every tenant sees every row";
-        findings.push(Finding::new("role.superuser", Severity::Unsafe, object, why).fix(format!("ALTER ROLE {r} NOSUPERUSER;")));
+        findings.push(
+            Finding::new("role.superuser", Severity::Unsafe, object, why).fix(format!("ALTER ROLE {r} NOSUPERUSER;")),
+        );
     }
     if role.bypassrls {
         let why = "it has BYPASSRLS: row-level security never applies to it, every tenant sees every row";
-        findings.push(Finding::new("role.bypassrls", Severity::Unsafe, object, why).fix(format!("ALTER ROLE {r} NOBYPASSRLS;")));
+        findings.push(
+            Finding::new("role.bypassrls", Severity::Unsafe, object, why).fix(format!("ALTER ROLE {r} NOBYPASSRLS;")),
+        );
     }
     if role.createrole {
         // Before PostgreSQL 16, CREATEROLE may grant itself membership in any non-superuser role,
         // the tables' owners included; from 16 on only in roles it administers.
         let (severity, why) = if catalog.major() < 16 {
-            (Severity::Unsafe, "it has CREATEROLE: before PostgreSQL 16 it can join any role, including the tables' owners")
+            (
+                Severity::Unsafe,
+                "it has CREATEROLE: before PostgreSQL 16 it can join any role, including the tables' owners",
+            )
         } else {
             (Severity::Warning, "it has CREATEROLE: it can create roles and grant the roles it administers")
         };
-        findings.push(Finding::new("role.createrole", severity, object, why).fix(format!("ALTER ROLE {r} NOCREATEROLE;")));
+        findings
+            .push(Finding::new("role.createrole", severity, object, why).fix(format!("ALTER ROLE {r} NOCREATEROLE;")));
     }
     if role.createdb {
-        let why = "it has CREATEDB: tenants can create databases (no tenant data, but resources and a way out of policies)";
-        findings.push(Finding::new("role.createdb", Severity::Warning, object, why).fix(format!("ALTER ROLE {r} NOCREATEDB;")));
+        let why =
+            "it has CREATEDB: tenants can create databases (no tenant data, but resources and a way out of policies)";
+        findings.push(
+            Finding::new("role.createdb", Severity::Warning, object, why).fix(format!("ALTER ROLE {r} NOCREATEDB;")),
+        );
     }
     findings
 }
@@ -101,11 +112,13 @@ fn memberships(role: &RoleInfo, object: &str) -> Vec<Finding> {
     let member = |names: &[&str]| -> Vec<String> {
         role.member_of.iter().filter(|m| names.contains(&m.as_str())).cloned().collect()
     };
-    let revoke = |roles: &[String]| roles.iter().map(|m| format!("REVOKE {m} FROM {r};")).collect::<Vec<_>>().join("\n");
+    let revoke =
+        |roles: &[String]| roles.iter().map(|m| format!("REVOKE {m} FROM {r};")).collect::<Vec<_>>().join("\n");
     let mut findings = Vec::new();
     let files = member(&SERVER_FILE_ROLES);
     if !files.is_empty() {
-        let why = format!("it is a member of {}: it can read the data files or run programs as the server", files.join(", "));
+        let why =
+            format!("it is a member of {}: it can read the data files or run programs as the server", files.join(", "));
         findings.push(Finding::new("role.server_files", Severity::Unsafe, object, why).fix(revoke(&files)));
     }
     let stats = member(&["pg_read_all_stats"]);
@@ -151,7 +164,8 @@ mod tests {
 
     #[test]
     fn attributes_are_flagged() {
-        let role = RoleInfo { superuser: true, bypassrls: true, createrole: true, createdb: true, ..RoleInfo::default() };
+        let role =
+            RoleInfo { superuser: true, bypassrls: true, createrole: true, createdb: true, ..RoleInfo::default() };
         let found = check(&catalog(role.clone()), &scope());
         assert_eq!(
             ids(&found),

@@ -27,7 +27,8 @@ pub fn check(catalog: &Catalog, scope: &Scope, superuser: bool) -> Vec<Finding> 
     }
     for (name, usable) in &catalog.other_tables {
         if *usable && !superuser {
-            let why = format!("no {} column: every tenant sees all of its rows (fine for shared data only)", scope.column);
+            let why =
+                format!("no {} column: every tenant sees all of its rows (fine for shared data only)", scope.column);
             findings.push(Finding::new("table.no_tenant_column", Severity::Info, format!("table {name}"), why));
         }
     }
@@ -57,7 +58,11 @@ fn missing_policies(catalog: &Catalog, scope: &Scope, table: &TenantTable, role:
         .iter()
         .zip(granted)
         .filter(|((letter, _), granted)| {
-            *granted && !table.policies.iter().any(|p| p.permissive && p.applies && matches!(p.command, c if c == *letter || c == '*'))
+            *granted
+                && !table
+                    .policies
+                    .iter()
+                    .any(|p| p.permissive && p.applies && matches!(p.command, c if c == *letter || c == '*'))
         })
         .map(|((_, command), _)| *command)
         .collect();
@@ -92,7 +97,9 @@ fn policy(table: &TenantTable, p: &Policy, setting: &str) -> Option<Finding> {
             "policy {}'s {clause} does not read {setting}: as a permissive policy it lets rows through for every tenant",
             p.name
         );
-        return Some(Finding::new("policy.no_setting", Severity::Unsafe, table.label(), why).fix(format!("{drop}\n{recreate}")));
+        return Some(
+            Finding::new("policy.no_setting", Severity::Unsafe, table.label(), why).fix(format!("{drop}\n{recreate}")),
+        );
     }
     None
 }
@@ -105,7 +112,9 @@ fn setting_form(p: &Policy, exprs: &[(&str, &str)], setting: &str) -> Option<&'s
     let lit = literal(setting);
     let safe_read = format!("NULLIF(current_setting({lit}::text, true), ''::text)");
     if exprs.iter().any(|(_, e)| !e.contains(&safe_read)) {
-        return Some("without NULLIF(..., '') and missing_ok, so an unset tenant raises an error instead of matching no rows");
+        return Some(
+            "without NULLIF(..., '') and missing_ok, so an unset tenant raises an error instead of matching no rows",
+        );
     }
     let wrapped = |e: &str| e.find(&format!("current_setting({lit}")).is_some_and(|at| e[..at].contains("SELECT "));
     if exprs.iter().any(|(_, e)| !wrapped(e)) {
@@ -158,7 +167,8 @@ fn indexes(catalog: &Catalog, scope: &Scope, table: &TenantTable) -> Vec<Finding
             "unique index {} does not include {}: a duplicate-key error tells a tenant that another tenant has that value",
             index.name, scope.column
         );
-        let fix = format!("-- re-create {} with {} as its first column, then drop the old one", index.name, scope.column);
+        let fix =
+            format!("-- re-create {} with {} as its first column, then drop the old one", index.name, scope.column);
         findings.push(Finding::new("table.unique_without_tenant", severity, table.label(), why).fix(fix));
     }
     findings
@@ -191,8 +201,10 @@ fn grants(table: &TenantTable, role: &str) -> Vec<Finding> {
         findings.push(Finding::new("table.truncate", Severity::Unsafe, table.label(), why).fix(revoke("TRUNCATE")));
     }
     if table.grants.references {
-        let why = "the role has REFERENCES on it: a foreign key to it probes other tenants' keys (key checks ignore RLS)";
-        findings.push(Finding::new("table.references", Severity::Warning, table.label(), why).fix(revoke("REFERENCES")));
+        let why =
+            "the role has REFERENCES on it: a foreign key to it probes other tenants' keys (key checks ignore RLS)";
+        findings
+            .push(Finding::new("table.references", Severity::Warning, table.label(), why).fix(revoke("REFERENCES")));
     }
     if table.grants.trigger {
         let why = "the role has TRIGGER on it: a trigger would run on every tenant's writes and see their rows";
@@ -239,7 +251,12 @@ mod tests {
                 policy("pgtenant_update", 'w', Some(GOOD), Some(GOOD)),
                 policy("pgtenant_delete", 'd', Some(GOOD), None),
             ],
-            indexes: vec![Index { name: "t_idx".into(), leads_with_tenant: true, has_tenant: true, ..Index::default() }],
+            indexes: vec![Index {
+                name: "t_idx".into(),
+                leads_with_tenant: true,
+                has_tenant: true,
+                ..Index::default()
+            }],
             ..TenantTable::default()
         }
     }

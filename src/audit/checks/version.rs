@@ -107,7 +107,9 @@ pub fn check(catalog: &Catalog) -> Vec<Finding> {
         let why = format!("the server lacks RLS security fixes: {}", list.join("; "));
         let target = missing.iter().filter_map(|f| f.fixed_in.iter().find(|&&v| series(v) == series(version))).max();
         let fix = match target {
-            Some(&v) => format!("-- upgrade to PostgreSQL {} or later (a minor release: new binaries, restart)", display(v)),
+            Some(&v) => {
+                format!("-- upgrade to PostgreSQL {} or later (a minor release: new binaries, restart)", display(v))
+            }
             None => "-- upgrade to a supported major version".to_string(),
         };
         findings.push(Finding::new("server.version", Severity::Warning, &object, why).fix(fix));
