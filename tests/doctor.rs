@@ -130,6 +130,13 @@ const CASES: &[Case] = &[
         "warning",
     ),
     global(
+        "member of pg_read_all_data",
+        "GRANT pg_read_all_data TO app_user",
+        "REVOKE pg_read_all_data FROM app_user",
+        "role.all_data",
+        "warning",
+    ),
+    global(
         "member of pg_read_server_files",
         "GRANT pg_read_server_files TO app_user",
         "REVOKE pg_read_server_files FROM app_user",
@@ -384,6 +391,17 @@ async fn doctor_passes_the_hardened_reference_and_flags_each_failure_mode() {
         admin.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).await.expect("drop case database");
     }
     assert!(failures.is_empty(), "{} of {} cases failed:\n\n{}", failures.len(), CASES.len(), failures.join("\n\n"));
+
+    // A server-wide value of the setting (postgresql.conf): every session starts as that tenant.
+    let conf = pg.data_dir().join("pgtenant-test.conf");
+    let original = std::fs::read_to_string(&conf).expect("read pgtenant-test.conf");
+    std::fs::write(&conf, format!("{original}app.current_tenant_id = '{TENANT_B}'\n")).expect("write conf");
+    admin.batch_execute("SELECT pg_reload_conf()").await.expect("reload");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (code, report) = doctor(&pg, "app");
+    std::fs::write(&conf, original).expect("restore conf");
+    admin.batch_execute("SELECT pg_reload_conf()").await.expect("reload");
+    assert_eq!((code, serious(&report)), (2, vec![("setting.server_default".into(), "unsafe".into())]), "{report:#}");
 }
 
 #[tokio::test]

@@ -53,8 +53,8 @@ pub struct Catalog {
     pub unpinned_definers: Vec<String>,
     /// `pg_db_role_setting` entries for the setting that reach the role in this database.
     pub role_settings: Vec<RoleSetting>,
-    /// Where a server-wide value of the setting comes from (`configuration file`, ...), if any.
-    pub server_setting_source: Option<String>,
+    /// The setting's value in every new session, from the server configuration, if any.
+    pub server_setting_value: Option<String>,
 }
 
 /// The audited role.
@@ -271,7 +271,7 @@ impl Catalog {
         catalog.setting_functions = setting_functions(client, &scope.role, &scope.setting).await?;
         catalog.unpinned_definers = unpinned_definers(client, &scope.role).await?;
         catalog.role_settings = role_settings(client, &scope.role, &scope.setting).await?;
-        catalog.server_setting_source = server_setting_source(client, &scope.setting).await?;
+        catalog.server_setting_value = server_setting_value(client, &scope.setting).await?;
         Ok(catalog)
     }
 
@@ -528,7 +528,7 @@ async fn other_tables(client: &Client, scope: &Scope) -> Result<Vec<(String, boo
 
 /// A function's signature, schema-qualified and quoted (`p` is its `pg_proc` row, `n` its schema).
 const SIGNATURE: &str =
-    "pg_catalog.format('%I.%I(%s)', n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid))";
+    "pg_catalog.format('%I.%I(%s)', n.nspname, p.proname, pg_catalog.oidvectortypes(p.proargtypes))";
 
 /// `pg_catalog` functions whose names are in `names` that the role can execute.
 fn executable_builtins() -> String {
@@ -661,11 +661,17 @@ async fn role_settings(client: &Client, role: &str, setting: &str) -> Result<Vec
     Ok(rows.iter().map(|r| RoleSetting { role: r.get(0), this_database: r.get(1), value: r.get(2) }).collect())
 }
 
-async fn server_setting_source(client: &Client, setting: &str) -> Result<Option<String>, AuditError> {
-    let sql = "SELECT source FROM pg_catalog.pg_settings WHERE name = $1::text \
-               AND source IN ('configuration file', 'command line', 'environment variable', 'global')";
+async fn server_setting_value(client: &Client, setting: &str) -> Result<Option<String>, AuditError> {
+    // Placeholder settings are not in pg_settings: read this session's value, and blame the
+    // server configuration when no database or role default of this session explains it.
+    let sql = "SELECT NULLIF(pg_catalog.current_setting($1::text, true), ''), \
+               EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting s, pg_catalog.unnest(s.setconfig) c \
+                       WHERE pg_catalog.lower(pg_catalog.split_part(c, '=', 1)) = $1::text \
+                       AND s.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database \
+                                                 WHERE datname = pg_catalog.current_database())) \
+                       AND s.setrole IN (0, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)))";
     let rows = query(client, sql, &[&setting]).await?;
-    Ok(rows.first().map(|r| r.get(0)))
+    Ok(rows.first().and_then(|r| if r.get(1) { None } else { r.get(0) }))
 }
 
 #[cfg(test)]

@@ -15,6 +15,9 @@ use tokio_postgres::Client;
 use super::report::{Finding, Passed, Report, Severity};
 use super::{describe_error, literal, AuditError, Target};
 
+/// The object of the no-context check.
+const NO_CONTEXT: &str = "direct connection without a tenant";
+
 /// What the probe needs.
 pub struct ProbeOptions {
     /// The proxy's URL (its password, if any, is replaced by the tokens).
@@ -87,6 +90,7 @@ pub async fn run(opts: &ProbeOptions) -> Result<Report, AuditError> {
         ("tenant A".into(), a.id.clone()),
         ("tenant B".into(), b.id.clone()),
     ];
+    report.object("tokens");
     report.passed.push(Passed {
         id: "probe.context",
         object: "tokens".into(),
@@ -94,6 +98,10 @@ pub async fn run(opts: &ProbeOptions) -> Result<Report, AuditError> {
     });
     let (table, markers) = insert_markers(opts, &a, &b).await?;
     report.object(format!("table {}", table.name));
+    if opts.direct.is_some() {
+        report.object(NO_CONTEXT);
+    }
+    report.object(format!("setting {}", opts.setting));
     let outcome = isolation_checks(opts, &table, &a, &b, &markers, &mut report).await;
     let cleanup = delete_markers(&a, &b, &markers).await;
     outcome?;
@@ -302,8 +310,7 @@ async fn no_context_check(direct: &Target, table: &ProbeTable, report: &mut Repo
         Ok(row) => Ok(row.get(0)),
         Err(e) => Err(describe_error(&e)),
     };
-    let object = "direct connection without a tenant".to_string();
-    record(report, matches!(seen, Ok(0)) || seen.is_err(), "probe.no_context", &object, Severity::Unsafe, || {
+    record(report, matches!(seen, Ok(0)) || seen.is_err(), "probe.no_context", NO_CONTEXT, Severity::Unsafe, || {
         let what = match &seen {
             Ok(_) => format!("a session with no tenant sees no rows of {}", table.name),
             Err(e) => format!("a session with no tenant cannot read {} ({e})", table.name),

@@ -138,11 +138,13 @@ fn setting_sources(catalog: &Catalog, scope: &Scope, role: &str) -> Vec<Finding>
         );
         findings.push(Finding::new("setting.role_default", Severity::Unsafe, object, why).fix(fix));
     }
-    if let Some(source) = &catalog.server_setting_source {
+    if let Some(value) = &catalog.server_setting_value {
         let why = format!(
-            "{setting} has a server-wide value (from the {source}): a session with no tenant acts as that tenant"
+            "{setting} = {} in every new session (postgresql.conf, ALTER SYSTEM or the command line): a session with no tenant acts as that tenant",
+            literal(value)
         );
-        let fix = format!("-- remove {setting} from postgresql.conf / the server command line, then reload");
+        let fix =
+            format!("-- remove {setting} from postgresql.conf, postgresql.auto.conf or the command line, then reload");
         findings.push(Finding::new("setting.server_default", Severity::Unsafe, "server settings", why).fix(fix));
     }
     findings
@@ -280,6 +282,18 @@ mod tests {
             ]
         );
         assert_eq!(check(&c, &scope())[2].fix, "ALTER ROLE app_user RESET app.current_tenant_id;");
+    }
+
+    #[test]
+    fn a_server_wide_value_is_unsafe() {
+        let mut c = catalog();
+        c.server_setting_value = Some("x".into());
+        assert_eq!(ids(&c), [("setting.server_default", Severity::Unsafe)]);
+        c.server_setting_value = None;
+        c.role_settings = vec![RoleSetting { role: None, this_database: true, value: "b".into() }];
+        let found = check(&c, &scope());
+        assert_eq!((found[0].id, found[0].object.as_str()), ("setting.role_default", "database app"));
+        assert_eq!(found[0].fix, "ALTER DATABASE app RESET app.current_tenant_id;");
     }
 
     #[test]

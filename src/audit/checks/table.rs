@@ -106,10 +106,12 @@ fn policy(table: &TenantTable, p: &Policy, setting: &str) -> Option<Finding> {
 
 /// Why a policy's reading of the setting is not the recommended form, if it is not.
 fn setting_form(p: &Policy, exprs: &[(&str, &str)], setting: &str) -> Option<&'static str> {
-    if p.name.starts_with(POLICY_PREFIX) {
+    let lit = literal(setting);
+    let reads = |e: &str| e.to_ascii_lowercase().contains(&format!("current_setting({lit}"));
+    // Policies that do not read the setting at all are `policy.no_setting` or `policy.using_true`.
+    if p.name.starts_with(POLICY_PREFIX) || !exprs.iter().all(|(_, e)| reads(e)) {
         return None;
     }
-    let lit = literal(setting);
     let safe_read = format!("NULLIF(current_setting({lit}::text, true), ''::text)");
     if exprs.iter().any(|(_, e)| !e.contains(&safe_read)) {
         return Some(
