@@ -98,10 +98,10 @@ struct DoctorArgs {
     #[arg(long, requires = "probe")]
     proxy_url: Option<String>,
     /// A token for tenant A (e.g. from `pgtenant token`).
-    #[arg(long, env = "PGTENANT_TOKEN_A", hide_env_values = true, requires = "probe")]
+    #[arg(long, env = "PGTENANT_TOKEN_A", hide_env_values = true)]
     token_a: Option<String>,
     /// A token for another tenant, B.
-    #[arg(long, env = "PGTENANT_TOKEN_B", hide_env_values = true, requires = "probe")]
+    #[arg(long, env = "PGTENANT_TOKEN_B", hide_env_values = true)]
     token_b: Option<String>,
     /// The table the probe writes its marker rows to [default: the first tenant table that takes one].
     #[arg(long, requires = "probe")]

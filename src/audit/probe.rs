@@ -242,63 +242,61 @@ async fn isolation_checks(
     markers: &[Marker; 2],
     report: &mut Report,
 ) -> Result<(), AuditError> {
-    let object = format!("table {}", table.name);
     for (owner, other, marker) in [(a, b, &markers[0]), (b, a, &markers[1])] {
-        let own = count(
-            &owner.client,
-            &format!("SELECT count(*) FROM {} WHERE ctid = $1::text::tid", marker.relation),
-            &marker.ctid,
-        )
-        .await?;
+        let object = format!("table {}", table.name);
+        let own = format!("SELECT count(*) FROM {} WHERE ctid = $1::text::tid", marker.relation);
+        let own = count(&owner.client, &own, &marker.ctid).await?;
         record(report, own == 1, "probe.own_rows", &object, Severity::Warning, || {
             (
                 format!("tenant {} sees its own row", owner.label),
                 format!("tenant {} cannot see the row it just inserted: do the policies deny everything?", owner.label),
             )
         });
-        let filter = format!("{}::text = $1", table.column);
-        let seen =
-            count(&other.client, &format!("SELECT count(*) FROM {} WHERE {filter}", table.name), &owner.id).await?;
-        record(report, seen == 0, "probe.read", &object, Severity::Unsafe, || {
-            (
-                format!("tenant {} sees none of tenant {}'s rows", other.label, owner.label),
-                format!("tenant {} sees {seen} of tenant {}'s rows", other.label, owner.label),
-            )
-        });
-        for verb in ["UPDATE", "DELETE"] {
-            let sql = match verb {
-                "UPDATE" => format!("UPDATE {} SET {c} = {c} WHERE {filter}", table.name, c = table.column),
-                _ => format!("DELETE FROM {} WHERE {filter}", table.name),
-            };
-            let changed = rolled_back_execute(&other.client, &sql, Some(&owner.id)).await?;
-            let id = if verb == "UPDATE" { "probe.update" } else { "probe.delete" };
-            record(report, changed == Ok(0), id, &object, Severity::Unsafe, || {
-                let what = format!("tenant {} cannot {verb} tenant {}'s rows", other.label, owner.label);
-                let why = match &changed {
-                    Ok(n) => format!(
-                        "tenant {}'s {verb} reached {n} of tenant {}'s rows (rolled back)",
-                        other.label, owner.label
-                    ),
-                    Err(e) => format!("tenant {}'s {verb} failed unexpectedly: {e}", other.label),
-                };
-                (what, why)
-            });
-        }
-        let forged = rolled_back_execute(&other.client, &table.insert_sql(&owner.id), None).await?;
-        let refused = matches!(&forged, Err(e) if e.starts_with("ERROR 42501"));
-        let severity = if forged.is_ok() { Severity::Unsafe } else { Severity::Warning };
-        record(report, refused, "probe.insert", &object, severity, || {
-            let what = format!("tenant {} cannot insert rows for tenant {} (42501)", other.label, owner.label);
-            let why = match &forged {
-                Ok(_) => format!("tenant {} inserted a row for tenant {} (rolled back)", other.label, owner.label),
-                Err(e) => format!("the forged insert failed, but not with 42501: {e}"),
-            };
-            (what, why)
-        });
+        cross_tenant_checks(table, owner, other, &object, report).await?;
     }
     if let Some(direct) = &opts.direct {
         no_context_check(direct, table, report).await?;
     }
+    Ok(())
+}
+
+/// `other` must not read, update, delete or insert `owner`'s rows (changes are rolled back).
+async fn cross_tenant_checks(
+    table: &ProbeTable,
+    owner: &Tenant,
+    other: &Tenant,
+    object: &str,
+    report: &mut Report,
+) -> Result<(), AuditError> {
+    let (o, x) = (owner.label, other.label);
+    let filter = format!("{}::text = $1", table.column);
+    let seen = count(&other.client, &format!("SELECT count(*) FROM {} WHERE {filter}", table.name), &owner.id).await?;
+    record(report, seen == 0, "probe.read", object, Severity::Unsafe, || {
+        (format!("tenant {x} sees none of tenant {o}'s rows"), format!("tenant {x} sees {seen} of tenant {o}'s rows"))
+    });
+    for (id, verb, sql) in [
+        ("probe.update", "UPDATE", format!("UPDATE {} SET {c} = {c} WHERE {filter}", table.name, c = table.column)),
+        ("probe.delete", "DELETE", format!("DELETE FROM {} WHERE {filter}", table.name)),
+    ] {
+        let changed = rolled_back_execute(&other.client, &sql, Some(&owner.id)).await?;
+        record(report, changed == Ok(0), id, object, Severity::Unsafe, || {
+            let why = match &changed {
+                Ok(n) => format!("tenant {x}'s {verb} reached {n} of tenant {o}'s rows (rolled back)"),
+                Err(e) => format!("tenant {x}'s {verb} failed unexpectedly: {e}"),
+            };
+            (format!("tenant {x} cannot {verb} tenant {o}'s rows"), why)
+        });
+    }
+    let forged = rolled_back_execute(&other.client, &table.insert_sql(&owner.id), None).await?;
+    let refused = matches!(&forged, Err(e) if e.starts_with("ERROR 42501"));
+    let severity = if forged.is_ok() { Severity::Unsafe } else { Severity::Warning };
+    record(report, refused, "probe.insert", object, severity, || {
+        let why = match &forged {
+            Ok(_) => format!("tenant {x} inserted a row for tenant {o} (rolled back)"),
+            Err(e) => format!("the forged insert failed, but not with 42501: {e}"),
+        };
+        (format!("tenant {x} cannot insert rows for tenant {o} (42501)"), why)
+    });
     Ok(())
 }
 
