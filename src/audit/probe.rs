@@ -288,7 +288,7 @@ async fn cross_tenant_checks(
         });
     }
     let forged = rolled_back_execute(&other.client, &table.insert_sql(&owner.id), None).await?;
-    let refused = matches!(&forged, Err(e) if e.starts_with("ERROR 42501"));
+    let refused = matches!(&forged, Err(e) if is_refusal(e));
     let severity = if forged.is_ok() { Severity::Unsafe } else { Severity::Warning };
     record(report, refused, "probe.insert", object, severity, || {
         let why = match &forged {
@@ -333,7 +333,7 @@ async fn tamper_checks(opts: &ProbeOptions, a: &Tenant, b: &Tenant, report: &mut
     for sql in &statements {
         let outcome = in_rolled_back_transaction(&a.client, sql).await?;
         let severity = if outcome.is_ok() { Severity::Unsafe } else { Severity::Warning };
-        let refused = matches!(&outcome, Err(e) if e.starts_with("ERROR 42501"));
+        let refused = matches!(&outcome, Err(e) if is_refusal(e));
         record(report, refused, "probe.tamper", &object, severity, || {
             let why = match &outcome {
                 Ok(()) => format!("`{sql}` ran: a tenant can change its tenant"),
@@ -371,6 +371,12 @@ async fn do_block_tenant(client: &Client, sql: &str) -> Result<Result<Option<Str
             .flatten()),
         Err(e) => Err(describe_error(&e)),
     })
+}
+
+/// Whether an error as [`describe_error`] prints it (`<severity> <SQLSTATE>: <message>`, the
+/// severity possibly translated) carries SQLSTATE 42501, as pgtenant's refusals do.
+fn is_refusal(error: &str) -> bool {
+    error.split_whitespace().nth(1) == Some("42501:")
 }
 
 /// Adds a pass, or a finding with `severity`; `texts` gives (what passed, why it failed).
@@ -436,6 +442,13 @@ async fn delete_marker(client: &Client, marker: &Marker) -> Result<(), AuditErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_are_recognised_by_sqlstate() {
+        assert!(is_refusal("ERROR 42501: permission denied"));
+        assert!(is_refusal("FEHLER 42501: keine Berechtigung"));
+        assert!(!is_refusal("ERROR 22P02: invalid input syntax"));
+    }
 
     #[test]
     fn marker_inserts_fill_required_columns() {
