@@ -674,7 +674,7 @@ fn tenant(r: &mut Reader) -> Result<TenantConfig, Reported> {
 }
 
 /// Lowercases and validates a custom GUC name such as `app.current_tenant_id`.
-fn custom_guc_name(raw: &str) -> Result<String, String> {
+pub fn custom_guc_name(raw: &str) -> Result<String, String> {
     let name = raw.to_ascii_lowercase();
     // 63 = NAMEDATALEN - 1: PostgreSQL would silently truncate longer names.
     if name.len() > 63 {

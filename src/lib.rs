@@ -18,12 +18,15 @@
 //! - [`http`], [`health`], [`metrics`]: `/metrics`, `/health`, `/ready`.
 //! - [`cancel`], [`tls`], [`net`]: cancel keys, rustls configuration, TCP-or-TLS streams.
 //! - [`demo`]: `pgtenant demo`, a throwaway PostgreSQL with the reference schema behind the proxy.
+//! - [`audit`]: `pgtenant doctor` and `pgtenant policy` (a catalog audit, the RLS SQL
+//!   generator and the live probe); a client of the database, not part of the proxy.
 //!
-//! `wire` and `sql` never import the networking modules, and `upstream`
-//! never imports `session`.
+//! `wire` and `sql` never import the networking modules, `upstream`
+//! never imports `session`, and nothing imports `audit`.
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod auth;
 pub mod cancel;
 pub mod config;

@@ -5,7 +5,9 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use pgtenant::audit::probe::ProbeOptions;
+use pgtenant::audit::{AuditError, Catalog, Report, Scope, Target};
 use pgtenant::auth::jwt::{mint_hs256, MintClaims};
 use pgtenant::auth::tenant::TenantId;
 use pgtenant::config::{Config, KeySource};
@@ -68,6 +70,67 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         pg_bin: Option<PathBuf>,
     },
+    /// Audit a database's row-level security setup: exit 0 clean, 1 warnings, 2 unsafe.
+    ///
+    /// With --probe, run live isolation checks through a running proxy instead.
+    Doctor(DoctorArgs),
+    /// Print idempotent SQL that puts every table with the tenant column under row-level security.
+    Policy(PolicyArgs),
+}
+
+/// Who is audited, and what marks a tenant table.
+#[derive(Args)]
+struct ScopeArgs {
+    /// The pooled role the proxy logs in as (upstream.user).
+    #[arg(long, default_value = "app_user")]
+    role: String,
+    /// The tenant column.
+    #[arg(long, default_value = "tenant_id")]
+    column: String,
+    /// The setting the policies read (tenant.setting).
+    #[arg(long, default_value = "app.current_tenant_id")]
+    setting: String,
+}
+
+#[derive(Args)]
+struct DoctorArgs {
+    /// The database to audit: postgres://user:password@host:port/db?sslmode=... (with --probe: a
+    /// direct connection as the pooled role, for the no-tenant check). PGPASSWORD is used when it
+    /// has no password. sslmode: disable, prefer (default), require, verify-full (+ sslrootcert).
+    #[arg(long, env = "PGTENANT_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    #[command(flatten)]
+    scope: ScopeArgs,
+    /// Print the report as JSON (for CI).
+    #[arg(long)]
+    json: bool,
+    /// Run live isolation checks through a running proxy (needs --proxy-url, --token-a, --token-b).
+    #[arg(long)]
+    probe: bool,
+    /// The proxy, e.g. postgres://probe@127.0.0.1:6432/app (the tokens are sent as the password).
+    #[arg(long, requires = "probe")]
+    proxy_url: Option<String>,
+    /// A token for tenant A (e.g. from `pgtenant token`).
+    #[arg(long, env = "PGTENANT_TOKEN_A", hide_env_values = true)]
+    token_a: Option<String>,
+    /// A token for another tenant, B.
+    #[arg(long, env = "PGTENANT_TOKEN_B", hide_env_values = true)]
+    token_b: Option<String>,
+    /// The table the probe writes its marker rows to [default: the first tenant table that takes one].
+    #[arg(long, requires = "probe")]
+    table: Option<String>,
+}
+
+#[derive(Args)]
+struct PolicyArgs {
+    /// The database: postgres://user:password@host:port/db?sslmode=... (see `doctor --help`).
+    #[arg(long, env = "PGTENANT_DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    #[command(flatten)]
+    scope: ScopeArgs,
+    /// Also print the database hardening of SECURITY.md (revokes the ways around the proxy).
+    #[arg(long)]
+    harden: bool,
 }
 
 fn main() -> ExitCode {
@@ -78,6 +141,8 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(config),
         Command::Token { tenant, ttl, sub, config } => token(config, &tenant, ttl, sub),
         Command::Demo { keep, port, pg_bin } => demo(pgtenant::demo::Options { keep, port, pg_bin }),
+        Command::Doctor(args) => doctor(args),
+        Command::Policy(args) => policy(args),
     }
 }
 
@@ -157,6 +222,74 @@ fn token(config: Option<PathBuf>, tenant: &str, ttl: i64, sub: Option<String>) -
     };
     println!("{}", mint_hs256(secret, &claims));
     ExitCode::SUCCESS
+}
+
+/// Runs `future` on a single-threaded runtime.
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    runtime.block_on(future)
+}
+
+/// Prints an audit error and returns its exit code (2 bad usage, 1 anything else).
+fn audit_failure(command: &str, e: &AuditError) -> ExitCode {
+    eprintln!("pgtenant {command}: {e}");
+    ExitCode::from(e.exit_code())
+}
+
+fn scope(args: &ScopeArgs) -> Result<Scope, AuditError> {
+    let setting =
+        pgtenant::config::custom_guc_name(&args.setting).map_err(|e| AuditError::Usage(format!("--setting: {e}")))?;
+    Ok(Scope { role: args.role.clone(), column: args.column.clone(), setting })
+}
+
+fn doctor(args: DoctorArgs) -> ExitCode {
+    let report = match block_on(run_doctor(&args)) {
+        Ok(report) => report,
+        Err(e) => return audit_failure("doctor", &e),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json()).expect("JSON"));
+    } else {
+        print!("{}", report.to_human());
+    }
+    ExitCode::from(report.exit_code())
+}
+
+async fn run_doctor(args: &DoctorArgs) -> Result<Report, AuditError> {
+    let scope = scope(&args.scope)?;
+    let database = args.database_url.as_deref().map(Target::parse).transpose()?;
+    if !args.probe {
+        let target = database.ok_or_else(|| AuditError::Usage("--database-url URL is required".into()))?;
+        let catalog = Catalog::read(&target, &scope).await?;
+        return Ok(pgtenant::audit::checks::run(&catalog, &scope));
+    }
+    let missing = |flag: &str| AuditError::Usage(format!("--probe needs {flag}"));
+    let options = ProbeOptions {
+        proxy: Target::parse(args.proxy_url.as_deref().ok_or_else(|| missing("--proxy-url URL"))?)?,
+        token_a: args.token_a.clone().ok_or_else(|| missing("--token-a TOKEN (or PGTENANT_TOKEN_A)"))?,
+        token_b: args.token_b.clone().ok_or_else(|| missing("--token-b TOKEN (or PGTENANT_TOKEN_B)"))?,
+        direct: database,
+        column: scope.column,
+        setting: scope.setting,
+        table: args.table.clone(),
+    };
+    pgtenant::audit::probe::run(&options).await
+}
+
+fn policy(args: PolicyArgs) -> ExitCode {
+    let run = async {
+        let scope = scope(&args.scope)?;
+        let target = Target::parse(&args.database_url)?;
+        let catalog = Catalog::read(&target, &scope).await?;
+        Ok::<_, AuditError>(pgtenant::audit::policy::generate(&catalog, &scope, args.harden))
+    };
+    match block_on(run) {
+        Ok(sql) => {
+            print!("{sql}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => audit_failure("policy", &e),
+    }
 }
 
 /// Parses `90`, `90s`, `30m`, `1h`, `7d` into seconds.

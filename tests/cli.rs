@@ -443,13 +443,15 @@ async fn example_config_serves_and_isolates_tenants() {
 fn help_works_for_every_command() {
     let out = run(&["--help"], &[]);
     assert_exit(&out, 0);
-    for sub in ["serve", "check-config", "token"] {
+    for sub in ["serve", "check-config", "token", "doctor", "policy"] {
         assert!(stdout(&out).contains(sub), "top-level help lacks {sub}:\n{}", stdout(&out));
     }
-    let cases: [(&str, &[&str]); 3] = [
+    let cases: [(&str, &[&str]); 5] = [
         ("serve", &["--config"]),
         ("check-config", &["--config"]),
         ("token", &["--tenant", "--ttl", "--sub", "--config"]),
+        ("doctor", &["--database-url", "--role", "--column", "--setting", "--json", "--probe", "--proxy-url"]),
+        ("policy", &["--database-url", "--role", "--column", "--setting", "--harden"]),
     ];
     for (sub, flags) in cases {
         for args in [vec![sub, "--help"], vec!["help", sub]] {
