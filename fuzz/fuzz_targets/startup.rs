@@ -438,7 +438,11 @@ fn structured(case: &Case) {
     let nbf_ok = matches!(case.nbf, None | Some(Time::Past(_)) | Some(Time::Missing));
     let iss_ok = matches!(case.iss, Text::Right | Text::ListWithRight(_));
     let aud_ok = matches!(case.aud, Text::Right | Text::ListWithRight(_));
+    // jsonwebtoken refuses (as malformed) a `sub` that is a JSON array or object: its
+    // claim parser cannot skip a non-string there. Refusing is safe, so the oracle allows it.
+    let sub_ok = !matches!(case.sub, Some(Scalar::Array(_) | Scalar::Object(_)));
     let valid = built
+        && sub_ok
         && header_clean
         && extra_clean
         && !case.crit
