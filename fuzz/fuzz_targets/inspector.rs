@@ -9,6 +9,8 @@
 //!   the input, in order, non-overlapping, and start and end on token boundaries;
 //!   `Inspection::refusal` is the first statement's refusal;
 //! - inspecting the same input twice gives the same result;
+//! - an input with no backslash and no `&'` lexes and inspects the same with
+//!   standard_conforming_strings on and off;
 //! - tamper check: when the input lexes cleanly (and, for the plain suffix, does not end in
 //!   an open `--` comment), appending `; SET app.current_tenant_id = 'x'` (or the same after
 //!   a newline) leaves the input's tokens as they were, lexes the suffix as its own tokens,
@@ -32,6 +34,12 @@ fn inspector() -> &'static Inspector {
 fuzz_target!(|data: &[u8]| {
     for scs in [true, false] {
         check(data, scs);
+    }
+    // standard_conforming_strings only changes what a backslash means in '...' and whether
+    // U&'...' is allowed: without either, both settings must read the text the same way.
+    if !data.contains(&b'\\') && !data.windows(2).any(|w| w == b"&'") {
+        assert_eq!(tokenize(data, true), tokenize(data, false), "scs changed the tokens");
+        assert_eq!(inspector().inspect(data, true), inspector().inspect(data, false), "scs changed the inspection");
     }
 });
 
