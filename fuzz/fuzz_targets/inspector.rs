@@ -102,7 +102,7 @@ fn check_statements(inspection: &Inspection, tokens: &[Token<'_>], len: usize) {
 fn ends_in_line_comment(sql: &[u8], last_token_end: usize) -> bool {
     let tail = &sql[last_token_end..];
     match tail.windows(2).rposition(|w| w == b"--") {
-        Some(p) => !tail[p..].iter().any(|&c| c == b'\n'),
+        Some(p) => !tail[p..].contains(&b'\n'),
         None => false,
     }
 }

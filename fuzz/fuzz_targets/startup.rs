@@ -110,7 +110,7 @@ fn startup_packet(bytes: &[u8]) {
             }
         }
         for (name, value) in &s.params {
-            assert_eq!(s.get(name).is_some(), true);
+            assert!(s.get(name).is_some());
             let _ = pgtenant::sql::inspect::is_unsafe_encoding(value.as_bytes());
         }
         if s.protocol_options.is_empty() {
@@ -471,7 +471,7 @@ fn structured(case: &Case) {
         let aud_wrong =
             matches!(case.aud, Text::Missing) || matches!(&case.aud, Text::Wrong(s) if !aud_contains(&s.json()));
         let tenant_wrong = matches!(&case.tenant, Tenant::Missing)
-            || matches!(&case.tenant, Tenant::Raw(s) if !s.json().as_str().is_some_and(|t| TenantId::parse(t, TenantFormat::Uuid).is_ok()));
+            || matches!(&case.tenant, Tenant::Raw(s) if s.json().as_str().is_none_or(|t| TenantId::parse(t, TenantFormat::Uuid).is_err()));
         let defects = [
             ("signature", !sig_right),
             ("algorithm", alg_wrong),
