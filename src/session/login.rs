@@ -13,7 +13,7 @@ use super::Fatal;
 use crate::auth::tenant::TenantId;
 use crate::net::{ClientStream, MaybeTls};
 use crate::server::Shared;
-use crate::wire::startup::{self, Startup, StartupPacket};
+use crate::wire::startup::{self, PasswordError, Startup, StartupPacket};
 use crate::wire::{build, frame};
 
 /// Largest password message accepted: a 16 KiB token plus room for framing.
@@ -251,12 +251,11 @@ async fn read_password(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<
                 return Err(Fatal::new("08P01", format!("expected a password message, got {:?}", h.tag as char)));
             }
             let msg = buf.split_to(h.total);
-            let body = &msg[frame::HEADER_LEN..];
-            let Some((token, b"")) = frame::cstr(body) else {
-                return Err(Fatal::new("08P01", "malformed password message"));
+            return match startup::password(&msg[frame::HEADER_LEN..]) {
+                Ok(token) => Ok(token.to_owned()),
+                Err(PasswordError::Malformed) => Err(Fatal::new("08P01", "malformed password message")),
+                Err(PasswordError::NotUtf8) => Err(Fatal::new("28P01", "authentication failed: token is malformed")),
             };
-            return String::from_utf8(token.to_vec())
-                .map_err(|_| Fatal::new("28P01", "authentication failed: token is malformed"));
         }
         if stream.read_buf(buf).await.map_err(|_| Fatal::new("08006", "client went away"))? == 0 {
             return Err(Fatal::new("08006", "client closed the connection during authentication"));

@@ -92,6 +92,26 @@ pub fn parse(buf: &[u8]) -> Result<Option<(StartupPacket, usize)>, StartupError>
     Ok(Some((packet, len)))
 }
 
+/// Why a PasswordMessage body was rejected.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PasswordError {
+    /// The body is not exactly one NUL-terminated string.
+    #[error("malformed password message")]
+    Malformed,
+    /// The password is not valid UTF-8.
+    #[error("password is not valid UTF-8")]
+    NotUtf8,
+}
+
+/// The password in a PasswordMessage body (the bytes after the 5-byte header):
+/// exactly one NUL-terminated UTF-8 string, nothing after it.
+pub fn password(body: &[u8]) -> Result<&str, PasswordError> {
+    let Some((password, b"")) = super::frame::cstr(body) else {
+        return Err(PasswordError::Malformed);
+    };
+    std::str::from_utf8(password).map_err(|_| PasswordError::NotUtf8)
+}
+
 fn parse_cancel(body: &[u8]) -> Result<StartupPacket, StartupError> {
     // Protocol 3.0 keys are exactly 4 bytes; longer (3.2) keys never came from us.
     if body.len() != 8 {
@@ -187,5 +207,14 @@ mod tests {
         assert!(parse(&packet(196_608, b"user\0\xff\xfe\0\0")).is_err());
         assert!(parse(&packet(196_608, b"\0junk")).is_err());
         assert!(parse(&packet(CANCEL_REQUEST, b"1234")).is_err());
+    }
+
+    #[test]
+    fn parses_password_bodies() {
+        assert_eq!(password(b"tok.en\0"), Ok("tok.en"));
+        assert_eq!(password(b"\0"), Ok(""));
+        assert_eq!(password(b"tok"), Err(PasswordError::Malformed));
+        assert_eq!(password(b"tok\0x"), Err(PasswordError::Malformed));
+        assert_eq!(password(b"\xff\0"), Err(PasswordError::NotUtf8));
     }
 }
