@@ -431,3 +431,27 @@ async fn close_and_fastpath_are_answered_without_waiting_for_the_pool() {
     a.flush().await;
     assert_eq!(summarize(&a.read_until_ready().await), ["E:26000", "Z:I"]);
 }
+
+#[tokio::test]
+async fn named_statements_per_client_are_bounded() {
+    let pg = PgCluster::start().await;
+    let proxy = Proxy::start(&pg, ProxyOptions::default()).await;
+    let mut c = proxy.raw_login(TENANT_A).await;
+    const LIMIT: usize = 10_000;
+    for i in 0..LIMIT {
+        c.parse(&format!("s{i}"), &format!("SELECT {i}"), &[]);
+    }
+    c.sync().flush().await;
+    let msgs = c.read_until_ready().await;
+    assert_eq!(msgs.iter().filter(|m| m.tag == b'1').count(), LIMIT);
+    // One more is refused with a clear error; the session goes on.
+    c.parse("one_too_many", "SELECT 1", &[]).sync().flush().await;
+    let msgs = c.read_until_ready().await;
+    assert_eq!(summarize(&msgs), ["E:53400", "Z:I"]);
+    assert!(msgs[0].error_fields()[&'M'].contains("too many prepared statements"), "{:?}", msgs[0].error_fields());
+    // Closing one makes room; the statements still work.
+    c.close_statement("s0").parse("room", "SELECT 42", &[]).bind("", "room", &[]).execute("", 0).sync().flush().await;
+    assert_eq!(summarize(&c.read_until_ready().await), ["3", "1", "2", "D:42", "C:SELECT 1", "Z:I"]);
+    c.bind("", "s9999", &[]).execute("", 0).sync().flush().await;
+    assert_eq!(summarize(&c.read_until_ready().await), ["2", "D:9999", "C:SELECT 1", "Z:I"]);
+}

@@ -89,6 +89,15 @@ pub fn bind_text(name: &[u8], params: &[&[u8]], out: &mut BytesMut) {
     });
 }
 
+/// Named statements one client may hold at once; a Parse beyond it is
+/// refused (53400), so one client cannot grow the proxy's memory unbounded.
+pub const MAX_CLIENT_STATEMENTS: usize = 10_000;
+
+/// Distinct statement texts the process-wide registry remembers; beyond it,
+/// the registry starts afresh (ids are never reused, so a text prepared
+/// again just gets a new server-side name).
+const MAX_REGISTERED: usize = 100_000;
+
 /// Assigns ids to distinct (text, parameter types) pairs, process-wide.
 /// Exact keys rather than hashes: two texts can never share a name.
 #[derive(Default)]
@@ -103,7 +112,20 @@ impl Registry {
         if let Some(id) = self.ids.get(&(text.clone(), types.clone())) {
             return *id;
         }
+        if self.ids.len() >= MAX_REGISTERED {
+            self.ids.clear();
+        }
         *self.ids.entry((text.clone(), types.clone())).or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Texts remembered now (for tests).
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
     }
 }
 
@@ -122,6 +144,11 @@ impl ClientStatements {
     /// Records a statement under a client name.
     pub fn insert(&mut self, name: Bytes, stmt: Arc<Statement>) {
         self.by_name.insert(name, stmt);
+    }
+
+    /// Whether the client holds [`MAX_CLIENT_STATEMENTS`] names already.
+    pub fn is_full(&self) -> bool {
+        self.by_name.len() >= MAX_CLIENT_STATEMENTS
     }
 
     /// Forgets a client name.
@@ -177,6 +204,21 @@ pub fn describe_statement(server_name: &[u8], out: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_registry_is_bounded_and_never_reuses_an_id() {
+        let r = Registry::default();
+        let t = Bytes::new();
+        let first = r.id_for(&Bytes::from_static(b"select 0"), &t);
+        let mut last = first;
+        for i in 1..=MAX_REGISTERED {
+            last = r.id_for(&Bytes::from(format!("select {i}")), &t);
+        }
+        assert!(r.len() <= MAX_REGISTERED, "{} texts remembered", r.len());
+        // The first text was forgotten with the rest; it comes back under a new id.
+        let again = r.id_for(&Bytes::from_static(b"select 0"), &t);
+        assert!(again > last && again != first, "{again} after {last}");
+    }
 
     #[test]
     fn identical_text_shares_an_id() {

@@ -69,6 +69,14 @@ impl Session {
                 prepared::REFUSED_NAME,
                 Refused { kind: "duplicate_statement", code: "42P05", message, hint: None },
             );
+        } else if self.statements.is_full() {
+            let limit = prepared::MAX_CLIENT_STATEMENTS;
+            let message = format!("too many prepared statements on this connection (pgtenant's limit is {limit})");
+            let hint = Some("close (DEALLOCATE) prepared statements that are no longer used");
+            self.stand_in_parse(
+                prepared::REFUSED_NAME,
+                Refused { kind: "statement_limit", code: "53400", message, hint },
+            );
         } else {
             stmt.id = self.shared.prepared.id_for(&stmt.text, &stmt.types);
             let stmt = Arc::new(stmt);
@@ -131,7 +139,7 @@ impl Session {
     /// go upstream now (unnamed, refused, duplicate name, not one statement).
     pub(super) fn try_lazy_parse(&mut self, msg: &Bytes) -> Result<bool, Fatal> {
         let (name, sql, types) = parse_fields(msg).ok_or_else(|| Fatal::new("08P01", "invalid Parse message"))?;
-        if name.is_empty() || self.statements.get(&name).is_some() {
+        if name.is_empty() || self.statements.get(&name).is_some() || self.statements.is_full() {
             return Ok(false);
         }
         let insp = self.shared.inspector.inspect(&sql, self.standard_conforming_strings);
