@@ -4,25 +4,15 @@
 
 mod support;
 
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use serde_json::Value;
 use tokio_postgres::Client;
 
 use support::{PgCluster, Proxy, ProxyOptions, TENANT_A, TENANT_B};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pgtenant");
-
-/// Runs `pgtenant <args>` with no inherited `PGTENANT_*` variables.
 fn pgtenant(args: &[&str]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).stdin(Stdio::null());
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("PGTENANT_") || name == "PGPASSWORD" {
-            cmd.env_remove(name);
-        }
-    }
-    cmd.output().unwrap_or_else(|e| panic!("run {BIN} {args:?}: {e}"))
+    support::proxy::run_cli(args)
 }
 
 fn text(bytes: &[u8]) -> String {

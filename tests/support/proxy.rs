@@ -23,6 +23,19 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_pgtenant")
 }
 
+/// Runs `pgtenant <args>` to completion with no inherited `PGTENANT_*` or
+/// `PGPASSWORD` variables, so the caller's environment cannot change the outcome.
+pub fn run_cli(args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(binary());
+    cmd.args(args).stdin(Stdio::null());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("PGTENANT_") || name == "PGPASSWORD" {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.output().unwrap_or_else(|e| panic!("run {} {args:?}: {e}", binary()))
+}
+
 /// How to start the proxy. `ProxyOptions::default()` gives the fixed reference config.
 #[derive(Clone, Debug)]
 pub struct ProxyOptions {
