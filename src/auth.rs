@@ -4,4 +4,5 @@ pub mod fetch;
 pub mod jwks;
 pub mod jwt;
 pub mod keystore;
+pub mod signing;
 pub mod tenant;

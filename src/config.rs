@@ -9,6 +9,7 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 
 use crate::auth::fetch::HttpsUrl;
+use crate::auth::signing::SigningKey;
 use crate::auth::tenant::{TenantFormat, TenantId};
 
 /// Prefix of environment variables that can override file settings.
@@ -215,11 +216,24 @@ pub struct TenantConfig {
     pub mode: TenantMode,
 }
 
-/// `tenant.mode`. `signed` is reserved and rejected until it is implemented.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `tenant.mode`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TenantMode {
-    /// The tenant id is set as is.
+    /// The tenant id is set as is; policies read the setting.
     Plain,
+    /// The tenant id is set with a proof signed by this key; policies call a
+    /// function that checks it (see [`crate::auth::signing`]).
+    Signed(SigningKey),
+}
+
+impl TenantMode {
+    /// The signing key, in signed mode.
+    pub fn signing_key(&self) -> Option<&SigningKey> {
+        match self {
+            TenantMode::Plain => None,
+            TenantMode::Signed(key) => Some(key),
+        }
+    }
 }
 
 /// `[http]` section.
@@ -659,18 +673,43 @@ fn tenant_claim(r: &mut Reader) -> Result<String, Reported> {
 fn tenant(r: &mut Reader) -> Result<TenantConfig, Reported> {
     let setting = r.string_or("tenant.setting", "app.current_tenant_id");
     let setting = setting.and_then(|raw| custom_guc_name(&raw).map_err(|m| r.fail("tenant.setting", m)));
-    let modes = [("plain", Some(TenantMode::Plain)), ("signed", None)];
-    let mode = match r.choice("tenant.mode", &modes, Some(TenantMode::Plain)) {
-        Ok(Some(mode)) => Ok(mode),
-        Ok(None) => Err(r.fail("tenant.mode", "tenant.mode = signed is not implemented yet")),
+    let modes = [("plain", false), ("signed", true)];
+    let mode = match r.choice("tenant.mode", &modes, false) {
+        Ok(true) => signing_key(r).map(TenantMode::Signed),
+        Ok(false) => {
+            // Only used in signed mode, so the variable or file need not exist
+            // (the sample configuration names one); type-checked so typos surface.
+            let env = r.opt_string(SIGNING_ENV);
+            r.opt_string(SIGNING_FILE)?;
+            env?;
+            Ok(TenantMode::Plain)
+        }
         Err(e) => Err(e),
     };
-    // Only meaningful for signed mode; type-checked so typos surface now.
-    let signing_env = r.opt_string("tenant.signing_key_env");
-    let signing_file = r.opt_string("tenant.signing_key_file");
-    signing_env?;
-    signing_file?;
     Ok(TenantConfig { setting: setting?, mode: mode? })
+}
+
+const SIGNING_ENV: &str = "tenant.signing_key_env";
+const SIGNING_FILE: &str = "tenant.signing_key_file";
+
+/// The signed-mode key: the text of an environment variable or of a file
+/// (surrounding whitespace, e.g. a trailing newline, removed).
+fn signing_key(r: &mut Reader) -> Result<SigningKey, Reported> {
+    let from_env = r.env_secret(SIGNING_ENV);
+    let file = r.file(SIGNING_FILE);
+    let (key, text) = match (from_env?, file?) {
+        (Some(_), Some(_)) => return Err(r.fail(SIGNING_ENV, "set only one of signing_key_env and signing_key_file")),
+        (Some(text), None) => (SIGNING_ENV, text),
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(text) => (SIGNING_FILE, text),
+            Err(e) => return Err(r.fail(SIGNING_FILE, format!("cannot read {}: {e}", path.display()))),
+        },
+        (None, None) => {
+            let msg = "tenant.mode = signed needs a key: set tenant.signing_key_env or tenant.signing_key_file";
+            return Err(r.fail(SIGNING_ENV, msg));
+        }
+    };
+    SigningKey::new(text.trim().as_bytes().to_vec()).map_err(|m| r.fail(key, m))
 }
 
 /// Lowercases and validates a custom GUC name such as `app.current_tenant_id`.
@@ -1207,10 +1246,44 @@ mode = "signed"
             "auth.algorithms: HS algorithms cannot be mixed with asymmetric ones",
             "auth.leeway_seconds: expected an integer between 0 and 300, got 301",
             "tenant.setting: expected a custom setting name",
-            "tenant.mode: tenant.mode = signed is not implemented yet",
+            "tenant.signing_key_env: tenant.mode = signed needs a key",
         ] {
             assert!(has(&errs, needle), "missing {needle:?} in {errs:#?}");
         }
+    }
+
+    #[test]
+    fn signed_mode_reads_its_key_from_env_or_file() {
+        let fx = Fixture::new();
+        let key = "k".repeat(40);
+        let text = format!("{MINIMAL}[tenant]\nmode = \"signed\"\nsigning_key_env = \"SIGNING\"\n");
+        let cfg = fx.load(&text, &[("SIGNING", &key)]).unwrap();
+        let expected = SigningKey::new(key.clone().into_bytes()).unwrap();
+        assert_eq!(cfg.tenant.mode, TenantMode::Signed(expected.clone()));
+        std::fs::write(fx.dir.path().join("signing.key"), format!("{key}\n")).unwrap();
+        let text = format!("{MINIMAL}[tenant]\nmode = \"signed\"\nsigning_key_file = \"signing.key\"\n");
+        assert_eq!(fx.load(&text, &[]).unwrap().tenant.mode, TenantMode::Signed(expected), "newline trimmed");
+        assert!(!format!("{cfg:?}").contains(&key), "the key never shows in Debug output");
+    }
+
+    #[test]
+    fn signed_mode_refuses_missing_short_or_doubled_keys() {
+        let fx = Fixture::new();
+        let signed = format!("{MINIMAL}[tenant]\nmode = \"signed\"\n");
+        let errs = fx.errors(&signed, &[]);
+        assert!(has(&errs, "tenant.signing_key_env: tenant.mode = signed needs a key"), "{errs:?}");
+        let short = format!("{signed}signing_key_env = \"SIGNING\"\n");
+        let errs = fx.errors(&short, &[("SIGNING", "too-short")]);
+        assert!(has(&errs, "tenant.signing_key_env: the signing key is 9 bytes; at least 32"), "{errs:?}");
+        assert!(!errs.iter().any(|e| e.contains("too-short")), "the key is not echoed: {errs:?}");
+        let errs = fx.errors(&short, &[]);
+        assert!(has(&errs, "environment variable SIGNING is not set"), "{errs:?}");
+        let both = format!("{short}signing_key_file = \"ca.crt\"\n");
+        let errs = fx.errors(&both, &[("SIGNING", &"k".repeat(32))]);
+        assert!(has(&errs, "set only one of signing_key_env and signing_key_file"), "{errs:?}");
+        // In plain mode the named variable need not exist (the sample config names one).
+        let plain = format!("{MINIMAL}[tenant]\nmode = \"plain\"\nsigning_key_env = \"SIGNING\"\n");
+        assert_eq!(fx.load(&plain, &[]).unwrap().tenant.mode, TenantMode::Plain);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! What a configuration reload (SIGHUP) may change. Keys, limits, pool
+//! What a configuration reload (SIGHUP) may change. Keys (the signed-mode
+//! key included, for rotation), limits, pool
 //! size, readiness and metrics settings apply at once; the addresses, the
-//! upstream connection settings and the tenant setting need a restart,
+//! upstream connection settings, the tenant setting and the tenant mode need a restart,
 //! because live connections and the SQL inspector were built from them.
 
 use crate::config::Config;
@@ -28,7 +29,8 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
             "upstream.allow_rls_bypassing_role",
             o.upstream.allow_rls_bypassing_role != n.upstream.allow_rls_bypassing_role,
         ),
-        ("tenant.*", o.tenant != n.tenant),
+        ("tenant.setting", o.tenant.setting != n.tenant.setting),
+        ("tenant.mode", o.tenant.mode.signing_key().is_some() != n.tenant.mode.signing_key().is_some()),
     ];
     checks.into_iter().filter(|(_, differs)| *differs).map(|(name, _)| name).collect()
 }
@@ -40,6 +42,7 @@ pub fn reloadable_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("listen limits", old.listen != new.listen),
         ("upstream pool", old.upstream != new.upstream),
         ("http", old.http != new.http),
+        ("tenant signing key", old.tenant.mode != new.tenant.mode),
     ];
     checks.into_iter().filter(|(_, differs)| *differs).map(|(name, _)| name).collect()
 }

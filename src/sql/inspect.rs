@@ -208,7 +208,9 @@ impl Inspector {
     /// and `standard_conforming_strings`.
     pub fn new(tenant_setting: &str) -> Self {
         let tenant = tenant_setting.to_ascii_lowercase();
-        let mut protected = vec![tenant.clone(), SCS_SETTING.to_string()];
+        // The signed-mode proof belongs to the proxy as much as the tenant does.
+        let proof = crate::auth::signing::PROOF_SETTING.to_string();
+        let mut protected = vec![tenant.clone(), SCS_SETTING.to_string(), proof];
         // The server truncates each identifier of `SET a.b` to 63 bytes, so a configured
         // name with a longer part is reachable through its truncated spelling too.
         let truncated = truncate_parts(&tenant);
