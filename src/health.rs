@@ -14,8 +14,10 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::auth::tenant::TenantId;
 use crate::server::Shared;
-use crate::session::inject;
+use crate::session::{inject, prepared};
+use crate::sql::inspect::Inspection;
 use crate::upstream::connect::{ServerConn, UpstreamError};
 use crate::upstream::{role, Owner, PoolError};
 
@@ -208,9 +210,7 @@ async fn canary(shared: &Shared, conn: &mut ServerConn) -> Result<String, Upstre
     if insp.statements.len() != 1 || inject::refusal(&insp.statements[0]).is_some() || insp.lex_error {
         return Ok("http.canary_query must be one plain statement that pgtenant would not refuse".into());
     }
-    let tenant_stmt = inject::set_local(&shared.config().tenant.setting, tenant);
-    let rewritten = inject::rewrite_query(&sql, &insp, &tenant_stmt, true).expect("injection always rewrites");
-    let with_tenant = match count(conn, &String::from_utf8_lossy(&rewritten.text)).await? {
+    let with_tenant = match with_tenant_count(shared, conn, tenant, &sql, &insp).await? {
         Ok(n) => n,
         Err(e) => return Ok(format!("the canary query failed: {e}")),
     };
@@ -227,6 +227,35 @@ async fn canary(shared: &Shared, conn: &mut ServerConn) -> Result<String, Upstre
             format!("the canary query sees {n} rows with no tenant set: row-level security is not enforced")
         }
         _ => "ok".into(),
+    })
+}
+
+/// The canary's count for `tenant`, set the way client transactions get it:
+/// plain mode rewrites the query with `SET LOCAL`; signed mode binds the
+/// tenant and its proof to the proxy's tenant statement (never a literal,
+/// which other sessions could read in `pg_stat_activity`).
+async fn with_tenant_count(
+    shared: &Shared,
+    conn: &mut ServerConn,
+    tenant: &TenantId,
+    sql: &Bytes,
+    insp: &Inspection,
+) -> Result<Result<i64, String>, UpstreamError> {
+    let config = shared.config();
+    let Some(key) = config.tenant.mode.signing_key() else {
+        let tenant_stmt = inject::set_local(&config.tenant.setting, tenant);
+        let rewritten = inject::rewrite_query(sql, insp, Some(&tenant_stmt), true).expect("injection always rewrites");
+        return count(conn, &String::from_utf8_lossy(&rewritten.text)).await;
+    };
+    let stmt = prepared::tenant_statement(&config.tenant.setting, true);
+    let proof = key.proof(tenant.as_str());
+    let params: [&[u8]; 2] = [tenant.as_str().as_bytes(), proof.as_bytes()];
+    Ok(match conn.extended_query(&[(&stmt.text, &params), (sql, &[])]).await? {
+        Ok(rows) => {
+            let value = rows.into_iter().nth(1).flatten().and_then(|row| row.into_iter().next().flatten());
+            value.and_then(|v| v.parse().ok()).ok_or_else(|| "its first column is not a count".to_string())
+        }
+        Err(e) => Err(format!("{} ({})", e.message, e.code)),
     })
 }
 

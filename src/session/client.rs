@@ -22,7 +22,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 use tokio_util::io::poll_read_buf;
 
-use super::inject::{self, Refused, Role};
+use super::inject::{self, Piece, PositionMap, Refused, Role};
 use super::login::LoggedIn;
 use super::outstanding::{self, Action, Outstanding, Pending, QueryPlan};
 use super::params::Settings;
@@ -32,7 +32,7 @@ use crate::cancel::{Registration, ServerKey};
 use crate::metrics::ClientGuard;
 use crate::net::ClientStream;
 use crate::server::{Phase, Shared};
-use crate::sql::inspect::TxControl;
+use crate::sql::inspect::{Inspection, TxControl};
 use crate::upstream::connect::MAX_SERVER_MESSAGE;
 use crate::upstream::{Owner, PoolError, Pooled};
 use crate::wire::{build, frame};
@@ -70,6 +70,10 @@ pub struct Session {
     /// server log a WARNING for every transaction.
     tenant: Bytes,
     tenant_select: Arc<Statement>,
+    /// `tenant.mode = "signed"` (fixed for the process: a restart-only key).
+    signed: bool,
+    /// The signed-mode proof for this tenant and the id of the key it was made with.
+    proof: Option<(String, Bytes)>,
     /// This client's tenant as the pool knows it (per-tenant cap, fair turns).
     owner: Owner,
     /// Counts this client in its tenant's metrics while it is connected.
@@ -97,6 +101,8 @@ pub struct Session {
     unnamed_on_server: bool,
     /// Portals bound in the open unit to a statement that ends a transaction.
     ending_portals: Vec<Bytes>,
+    /// Portals bound in the open unit to a transaction-setup statement.
+    setup_portals: Vec<Bytes>,
     /// A transaction ended inside the open unit: set the tenant again before
     /// the next step.
     reinject: bool,
@@ -202,6 +208,7 @@ impl Session {
         build::ready_for_query(&mut cout, IDLE);
         let scs = !params.iter().any(|(k, v)| k == "standard_conforming_strings" && v == "off");
         let setting = shared.config().tenant.setting.clone();
+        let signed = shared.config().tenant.mode.signing_key().is_some();
         let stmt = inject::set_local(&setting, &tenant);
         let counted = shared.tenants.connect(tenant.as_str());
         tracing::info!(%peer, user = %user, tenant = %tenant.as_str(), tls = stream.is_tls(), "client logged in");
@@ -219,7 +226,9 @@ impl Session {
             outstanding: Outstanding::default(),
             tenant_stmt: Bytes::from(stmt),
             tenant: Bytes::copy_from_slice(tenant.as_str().as_bytes()),
-            tenant_select: Arc::new(prepared::tenant_statement(&setting)),
+            tenant_select: Arc::new(prepared::tenant_statement(&setting, signed)),
+            signed,
+            proof: None,
             owner: Owner::tenant(&tenant),
             counted,
             attached_at: Instant::now(),
@@ -238,6 +247,7 @@ impl Session {
             unnamed: None,
             unnamed_on_server: false,
             ending_portals: Vec::new(),
+            setup_portals: Vec::new(),
             reinject: false,
             startup: settings,
             reset_to_startup: BTreeSet::new(),
@@ -398,15 +408,19 @@ impl Session {
         self.note_session_effects(&insp, &sql);
         // A simple Query drops the unnamed statement, as on PostgreSQL.
         self.forget_unnamed();
-        match inject::rewrite_query(&sql, &insp, &self.tenant_stmt, inject) {
-            None => {
-                self.sout.extend_from_slice(&msg);
-                self.outstanding.push(Pending::Query(QueryPlan::new(Vec::new(), None)));
-            }
-            Some(rw) => {
-                build::query(&mut self.sout, &rw.text);
-                let roles = rw.roles.clone();
-                self.outstanding.push(Pending::Query(QueryPlan::new(roles, Some(rw.into_map()))));
+        if self.signed {
+            self.signed_query(&msg, &sql, &insp, inject);
+        } else {
+            match inject::rewrite_query(&sql, &insp, Some(&self.tenant_stmt), inject) {
+                None => {
+                    self.sout.extend_from_slice(&msg);
+                    self.outstanding.push(Pending::Query(QueryPlan::new(Vec::new(), None)));
+                }
+                Some(rw) => {
+                    build::query(&mut self.sout, &rw.text);
+                    let roles = rw.roles.clone();
+                    self.outstanding.push(Pending::Query(QueryPlan::new(roles, Some(rw.into_map()))));
+                }
             }
         }
         // A Query ends an open extended unit's transaction, like a Sync.
@@ -416,6 +430,87 @@ impl Session {
             self.predicted = None;
         }
         Ok(())
+    }
+
+    /// A simple Query in signed mode: the tenant and its proof can only travel
+    /// as bound parameters, so the tenant statement is sent as extended-
+    /// protocol steps (Bind/Execute/Close, no Sync) right before the Query,
+    /// in the same write, and runs in the Query's transaction. Statements that
+    /// must run before it (transaction setup) or in an earlier transaction of
+    /// the same Query are sent ahead as their own steps; see [`inject::plan_signed`].
+    fn signed_query(&mut self, msg: &Bytes, sql: &Bytes, insp: &Inspection, needs_tenant: bool) {
+        let plan = inject::plan_signed(insp, needs_tenant);
+        if plan.pending {
+            self.reinject = true;
+        }
+        let ahead = !plan.early.is_empty() || plan.tenant_before_tail;
+        for piece in &plan.early {
+            match *piece {
+                Piece::Tenant => self.push_tenant_steps(),
+                Piece::Statement(i) => self.push_early_statement(sql, &insp.statements[i]),
+            }
+        }
+        if plan.tenant_before_tail {
+            self.push_tenant_steps();
+        }
+        let query = if plan.tail == 0 {
+            match inject::rewrite_query(sql, insp, None, false) {
+                None => {
+                    self.sout.extend_from_slice(msg);
+                    QueryPlan::new(Vec::new(), None)
+                }
+                Some(rw) => {
+                    build::query(&mut self.sout, &rw.text);
+                    let roles = rw.roles.clone();
+                    QueryPlan::new(roles, Some(rw.into_map()))
+                }
+            }
+        } else {
+            let start = insp.statements[plan.tail].span.start;
+            let tail = sql.slice(start..);
+            let tail_insp = self.shared.inspector.inspect(&tail, self.standard_conforming_strings);
+            let (roles, map) = match inject::rewrite_query(&tail, &tail_insp, None, false) {
+                None => {
+                    build::query(&mut self.sout, &tail);
+                    (Vec::new(), PositionMap::unchanged(tail))
+                }
+                Some(rw) => {
+                    build::query(&mut self.sout, &rw.text);
+                    (rw.roles.clone(), rw.into_map())
+                }
+            };
+            QueryPlan::new(roles, Some(map.after(&sql[..start])))
+        };
+        if ahead && !self.unit_open {
+            // If a step ahead fails, the server skips the Query too, up to a
+            // Sync the client never sends: the proxy sends one after every
+            // such Query (an extra ReadyForQuery, dropped, in the same write).
+            self.outstanding.push(Pending::Query(query.resync_on_skip()));
+            build::sync(&mut self.sout);
+            self.outstanding.push(Pending::HiddenSync { forward: false });
+        } else {
+            self.outstanding.push(Pending::Query(query));
+        }
+    }
+
+    /// One statement of a signed-mode Query sent ahead of the rest, as the
+    /// Query itself would have run it: its rows, RowDescription included,
+    /// and its errors (positions in the client's text) reach the client.
+    fn push_early_statement(&mut self, sql: &Bytes, st: &crate::sql::inspect::Statement) {
+        let early = outstanding::Owner::Early { base: inject::char_count(&sql[..st.span.start]) };
+        if let Some(refused) = inject::refusal(st) {
+            build::parse(&mut self.sout, b"", inject::STAND_IN, b"\0\0");
+            self.outstanding.push(Pending::Step(outstanding::Step::Parse, outstanding::Owner::StandIn(refused)));
+            return;
+        }
+        build::parse_unnamed(&mut self.sout, &sql[st.span.clone()]);
+        build::bind_unnamed(&mut self.sout);
+        build::describe_portal(&mut self.sout, b"");
+        build::execute_unnamed(&mut self.sout);
+        use outstanding::Step::{Bind, DescribePortal, Execute, Parse};
+        for step in [Parse, Bind, DescribePortal, Execute] {
+            self.outstanding.push(Pending::Step(step, early.clone()));
+        }
     }
 
     /// Requests the proxy answers alone when no transaction is open, so that

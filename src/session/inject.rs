@@ -98,6 +98,9 @@ pub struct PositionMap {
     edits: Vec<Edit>,
     sent: Bytes,
     orig: Bytes,
+    /// Characters of the client's text before `orig` (when a signed-mode
+    /// Query was split, `orig` is only its tail).
+    base: usize,
 }
 
 /// The simple-protocol tenant statement: `SET LOCAL <setting> = '<tenant>'`.
@@ -140,17 +143,22 @@ pub fn refusal(st: &Statement) -> Option<Refused> {
 /// every COMMIT/ROLLBACK that is followed by more statements (they run in a
 /// new transaction), after every `AND CHAIN`; stand-ins for refused
 /// statements. Returns `None` when the text can be forwarded unchanged.
-pub fn rewrite_query(sql: &Bytes, insp: &Inspection, tenant_stmt: &[u8], inject: bool) -> Option<Rewrite> {
+///
+/// With no `tenant_stmt` (signed mode, where the tenant only travels as a
+/// bound parameter) only the stand-ins are made; the caller has split the
+/// query so that no tenant is needed inside it (see [`plan_signed`]).
+pub fn rewrite_query(sql: &Bytes, insp: &Inspection, tenant_stmt: Option<&[u8]>, inject: bool) -> Option<Rewrite> {
+    let inject = inject && tenant_stmt.is_some();
+    let tenant_stmt = tenant_stmt.unwrap_or_default();
     if insp.lex_error {
         return Some(whole_stand_in(sql, tenant_stmt, inject));
     }
+    let reinjects = |i: usize, s: &Statement| {
+        !tenant_stmt.is_empty() && ends_transaction_before_more(s.tx, i + 1 == insp.statements.len())
+    };
     let needs_edit = inject
         || insp.statements.iter().any(|s| refusal(s).is_some())
-        || insp
-            .statements
-            .iter()
-            .enumerate()
-            .any(|(i, s)| ends_transaction_before_more(s.tx, i + 1 == insp.statements.len()));
+        || insp.statements.iter().enumerate().any(|(i, s)| reinjects(i, s));
     if !needs_edit {
         return None;
     }
@@ -158,18 +166,91 @@ pub fn rewrite_query(sql: &Bytes, insp: &Inspection, tenant_stmt: &[u8], inject:
     if inject {
         b.insert(0, &[tenant_stmt, b"; "].concat(), Role::Hidden);
     }
-    let n = insp.statements.len();
     for (i, st) in insp.statements.iter().enumerate() {
         if let Some(r) = refusal(st) {
             b.replace(st.span.clone(), STAND_IN, Role::StandIn(r));
             continue;
         }
         b.roles.push(Role::Client);
-        if ends_transaction_before_more(st.tx, i + 1 == n) {
+        if reinjects(i, st) {
             b.insert(st.span.end, &[b"; ", tenant_stmt].concat(), Role::Hidden);
         }
     }
     Some(b.finish())
+}
+
+/// Whether a statement only sets up the transaction (`BEGIN`/`START
+/// TRANSACTION` with their modes, `SET TRANSACTION`, `SET
+/// transaction_isolation` ...): these fail (25001) once the transaction has
+/// taken a snapshot, which the signed-mode tenant statement (a `SELECT`)
+/// does, so the tenant goes in after them.
+pub fn is_setup(st: &Statement) -> bool {
+    if st.refusal.is_some() {
+        return false;
+    }
+    st.tx == TxControl::Begin
+        || matches!(&st.session, Some(SessionEffect::Set { name, .. })
+            if name == "transaction" || name.starts_with("transaction_"))
+}
+
+/// One step of a signed-mode simple Query sent ahead of its last part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece {
+    /// The bound tenant statement.
+    Tenant,
+    /// Statement `i` of the inspection, run on its own (Parse/Bind/Describe/Execute).
+    Statement(usize),
+}
+
+/// How a simple Query is sent in signed mode, where the tenant can only be set
+/// by a bound (extended-protocol) statement, never inside a Query text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedPlan {
+    /// Steps before the Query, in order. Statements go here only when a new
+    /// transaction must get its tenant after them (after a leading `BEGIN ...`
+    /// or a `COMMIT` followed by more statements).
+    pub early: Vec<Piece>,
+    /// Index of the first statement of the Query that ends the message; equal
+    /// to the number of statements when all of them went early.
+    pub tail: usize,
+    /// The tenant statement goes right before the tail Query.
+    pub tenant_before_tail: bool,
+    /// A transaction is left open (or chained) without a tenant yet: the next
+    /// statement that is not transaction setup must get it.
+    pub pending: bool,
+}
+
+/// Plans a signed-mode Query. `needs_tenant`: the Query starts a transaction
+/// (or one was started without a tenant yet). Only setup statements may run
+/// before the tenant statement of their transaction; every other statement
+/// runs after it. Statements before the last injection point are sent as
+/// their own extended-protocol steps, so that an error among them still
+/// skips everything after it, as in one Query.
+pub fn plan_signed(insp: &Inspection, needs_tenant: bool) -> SignedPlan {
+    let n = insp.statements.len();
+    let mut points = Vec::new();
+    let mut need = needs_tenant;
+    for (i, st) in insp.statements.iter().enumerate() {
+        if need && !is_setup(st) {
+            points.push(i);
+            need = false;
+        }
+        if ends_transaction_before_more(st.tx, i + 1 == n) {
+            need = true;
+        }
+    }
+    let Some(&last) = points.last() else {
+        // Nothing needs a tenant now (or everything is setup): one plain Query.
+        return SignedPlan { early: Vec::new(), tail: 0, tenant_before_tail: false, pending: need };
+    };
+    let mut early = Vec::new();
+    for i in 0..last {
+        if points.contains(&i) {
+            early.push(Piece::Tenant);
+        }
+        early.push(Piece::Statement(i));
+    }
+    SignedPlan { early, tail: last, tenant_before_tail: true, pending: need }
 }
 
 /// Whether the tenant must be set again right after this statement.
@@ -225,7 +306,7 @@ impl<'a> Builder<'a> {
     fn finish(mut self) -> Rewrite {
         self.copy_to(self.orig.len());
         let sent = Bytes::from(self.out);
-        let map = PositionMap { edits: self.edits, sent: sent.clone(), orig: self.orig.clone() };
+        let map = PositionMap { edits: self.edits, sent: sent.clone(), orig: self.orig.clone(), base: 0 };
         Rewrite { text: sent.to_vec(), roles: self.roles, map }
     }
 }
@@ -238,9 +319,24 @@ impl Rewrite {
 }
 
 impl PositionMap {
+    /// The map of a text sent unchanged.
+    pub fn unchanged(text: Bytes) -> PositionMap {
+        PositionMap { edits: Vec::new(), sent: text.clone(), orig: text, base: 0 }
+    }
+
+    /// The same map for a text that starts after `prefix` in the client's text.
+    pub fn after(mut self, prefix: &[u8]) -> PositionMap {
+        self.base = char_count(prefix);
+        self
+    }
+
     /// Maps a 1-based character position in the sent text to the client's
     /// text. A position inside inserted text maps to where it was inserted.
     pub fn map(&self, position: usize) -> usize {
+        self.base + self.map_in_orig(position)
+    }
+
+    fn map_in_orig(&self, position: usize) -> usize {
         let sent_byte = byte_offset(&self.sent, position.saturating_sub(1));
         let mut shift: isize = 0;
         for e in &self.edits {
@@ -272,7 +368,8 @@ fn byte_offset(text: &[u8], chars: usize) -> usize {
     text.len()
 }
 
-fn char_count(text: &[u8]) -> usize {
+/// Characters in `text` (UTF-8; bytes for other encodings, as [`byte_offset`]).
+pub fn char_count(text: &[u8]) -> usize {
     text.iter().filter(|&&b| b & 0xC0 != 0x80).count()
 }
 
@@ -286,7 +383,55 @@ mod tests {
     fn rewrite(sql: &str, inject: bool) -> Option<Rewrite> {
         let sql = Bytes::copy_from_slice(sql.as_bytes());
         let insp = Inspector::new("app.current_tenant_id").inspect(&sql, true);
-        rewrite_query(&sql, &insp, SET, inject)
+        rewrite_query(&sql, &insp, Some(SET), inject)
+    }
+
+    fn plan(sql: &str, needs_tenant: bool) -> SignedPlan {
+        plan_signed(&Inspector::new("app.current_tenant_id").inspect(sql.as_bytes(), true), needs_tenant)
+    }
+
+    #[test]
+    fn signed_plain_query_gets_the_tenant_in_front() {
+        let p = plan("SELECT 1; SELECT 2", true);
+        assert_eq!(p, SignedPlan { early: vec![], tail: 0, tenant_before_tail: true, pending: false });
+        let inside = plan("SELECT 1", false);
+        assert_eq!(inside, SignedPlan { early: vec![], tail: 0, tenant_before_tail: false, pending: false });
+    }
+
+    #[test]
+    fn signed_setup_statements_run_before_the_tenant() {
+        let p = plan("BEGIN ISOLATION LEVEL SERIALIZABLE; SET TRANSACTION READ ONLY; SELECT 1; SELECT 2", true);
+        let early = vec![Piece::Statement(0), Piece::Statement(1)];
+        assert_eq!(p, SignedPlan { early, tail: 2, tenant_before_tail: true, pending: false });
+        // A Query of setup statements only leaves the tenant for later.
+        let alone = plan("BEGIN ISOLATION LEVEL REPEATABLE READ", true);
+        assert_eq!(alone, SignedPlan { early: vec![], tail: 0, tenant_before_tail: false, pending: true });
+        assert!(!plan("BEGIN", false).pending, "inside a transaction that has its tenant");
+    }
+
+    #[test]
+    fn signed_commit_followed_by_more_splits_the_query() {
+        let p = plan("INSERT INTO t VALUES (1); COMMIT; BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT 1", true);
+        let early = vec![Piece::Tenant, Piece::Statement(0), Piece::Statement(1), Piece::Statement(2)];
+        assert_eq!(p, SignedPlan { early, tail: 3, tenant_before_tail: true, pending: false });
+        let chain = plan("SELECT 1; COMMIT AND CHAIN", true);
+        assert_eq!(chain, SignedPlan { early: vec![], tail: 0, tenant_before_tail: true, pending: true });
+        let trailing = plan("SELECT 1; COMMIT", true);
+        assert!(!trailing.pending && trailing.early.is_empty());
+    }
+
+    #[test]
+    fn signed_rewrite_never_inlines_the_tenant() {
+        let sql = Bytes::from_static(b"SELECT 1; COMMIT; SET app.current_tenant_id = 'b'");
+        let insp = Inspector::new("app.current_tenant_id").inspect(&sql, true);
+        let r = rewrite_query(&sql, &insp, None, true).unwrap();
+        assert!(!text(&r).contains("SET LOCAL"), "{}", text(&r));
+        assert!(matches!(r.roles.as_slice(), [Role::Client, Role::Client, Role::StandIn(_)]));
+        assert!(rewrite_query(&Bytes::from_static(b"SELECT 1"), &insp_of("SELECT 1"), None, true).is_none());
+    }
+
+    fn insp_of(sql: &str) -> Inspection {
+        Inspector::new("app.current_tenant_id").inspect(sql.as_bytes(), true)
     }
 
     fn text(r: &Rewrite) -> String {

@@ -59,11 +59,28 @@ pub enum Owner {
     },
     /// Not sent at all: the proxy answers with the step's completion message.
     Synthetic,
+    /// A statement of the client's simple Query sent ahead as its own steps
+    /// (signed mode): what a Query would show (rows, RowDescription, command
+    /// tags, errors) is forwarded, the extended-protocol acknowledgements
+    /// (ParseComplete, BindComplete, NoData) are not; error positions are
+    /// shifted by `base` characters, where the statement starts in the Query.
+    Early {
+        /// Characters of the client's Query before this statement.
+        base: usize,
+    },
 }
 
 impl Owner {
     fn hidden(&self) -> bool {
         matches!(self, Owner::Proxy | Owner::Prepare { hidden: true, .. })
+    }
+
+    /// Whether a message of a step's reply stays with the proxy.
+    fn drops(&self, tag: u8) -> bool {
+        match self {
+            Owner::Early { .. } => matches!(tag, b'1' | b'2' | b'3' | b'n'),
+            other => other.hidden(),
+        }
     }
 }
 
@@ -75,12 +92,23 @@ pub struct QueryPlan {
     /// Maps error positions to the client's text; `None` when unchanged.
     pub map: Option<PositionMap>,
     current: usize,
+    /// The proxy sent extended-protocol steps ahead of this Query and a
+    /// [`Pending::HiddenSync`] after it: when a step fails, the server skips
+    /// the Query up to that Sync, whose ReadyForQuery then ends the Query.
+    resync: bool,
 }
 
 impl QueryPlan {
     /// A plan for a Query with these statement roles.
     pub fn new(roles: Vec<Role>, map: Option<PositionMap>) -> Self {
-        QueryPlan { roles, map, current: 0 }
+        QueryPlan { roles, map, current: 0, resync: false }
+    }
+
+    /// Marks the Query as preceded by the proxy's own steps and followed by
+    /// its Sync (see `resync`).
+    pub fn resync_on_skip(mut self) -> Self {
+        self.resync = true;
+        self
     }
 
     fn role(&self) -> Option<&Role> {
@@ -95,6 +123,13 @@ pub enum Pending {
     Step(Step, Owner),
     /// Sync: ReadyForQuery.
     Sync,
+    /// The proxy's Sync after a Query it sent steps ahead of (signed mode):
+    /// its ReadyForQuery is dropped, unless a step failed and the server
+    /// skipped the Query, when it stands for the Query's.
+    HiddenSync {
+        /// Forward the ReadyForQuery to the client.
+        forward: bool,
+    },
     /// A simple Query (or a refused function call): statements, then ReadyForQuery.
     Query(QueryPlan),
     /// A reply the proxy gives itself to a whole simple Query, ReadyForQuery
@@ -141,19 +176,23 @@ pub struct Outstanding {
 impl Outstanding {
     /// Records a request sent upstream.
     pub fn push(&mut self, p: Pending) {
-        if self.skipping && !matches!(p, Pending::Sync) {
+        if self.skipping && !matches!(p, Pending::Sync | Pending::HiddenSync { .. }) {
             // The server ignores everything up to the next Sync: nothing is owed.
             if let Pending::Step(_, Owner::Prepare { id, hidden }) = p {
                 self.unprepared.push((id, hidden));
             }
             return;
         }
-        if self.copy_in && matches!(p, Pending::Sync) {
+        if self.copy_in && matches!(p, Pending::Sync | Pending::HiddenSync { .. }) {
             // PostgreSQL ignores Sync during COPY FROM STDIN: no reply is owed.
             return;
         }
         match p {
-            Pending::Sync | Pending::Query(_) | Pending::Internal { .. } | Pending::Reply(_) => {
+            Pending::Sync
+            | Pending::HiddenSync { .. }
+            | Pending::Query(_)
+            | Pending::Internal { .. }
+            | Pending::Reply(_) => {
                 self.units += 1;
                 self.skipping = false;
             }
@@ -202,6 +241,16 @@ impl Outstanding {
                 }
                 Action::Forward
             }
+            Some(&mut Pending::HiddenSync { forward }) => {
+                if tag == b'Z' {
+                    self.pop_unit();
+                }
+                if forward {
+                    Action::Forward
+                } else {
+                    Action::Drop
+                }
+            }
             Some(Pending::Internal { capture }) => {
                 match tag {
                     b'D' if *capture && self.captured.is_none() => self.captured = Some(body.to_vec()),
@@ -227,7 +276,7 @@ impl Outstanding {
                 if step.completed_by(tag) {
                     self.queue.pop_front();
                 }
-                if owner.hidden() {
+                if owner.drops(tag) {
                     Action::Drop
                 } else {
                     Action::Forward
@@ -276,7 +325,7 @@ impl Outstanding {
         self.copy_in = true;
         let mut i = 1;
         while i < self.queue.len() {
-            if matches!(self.queue[i], Pending::Sync) {
+            if matches!(self.queue[i], Pending::Sync | Pending::HiddenSync { .. }) {
                 self.queue.remove(i);
                 self.units -= 1;
             } else {
@@ -311,6 +360,13 @@ impl Outstanding {
                     }
                     self.queue.pop_front();
                 }
+                Some(Pending::Query(plan)) if plan.resync => {
+                    self.pop_unit();
+                    if let Some(Pending::HiddenSync { forward }) = self.queue.front_mut() {
+                        *forward = true;
+                    }
+                }
+                Some(Pending::HiddenSync { .. }) => break,
                 Some(_) => self.pop_unit(),
             }
         }
@@ -349,6 +405,12 @@ fn query_reply(plan: &mut QueryPlan, tag: u8, body: &[u8]) -> Action {
 /// into the client's text; anything else passes unchanged.
 fn error_action(owner: &Owner, body: &[u8], map: Option<&PositionMap>) -> Action {
     let Some(fields) = error::fields(body) else { return Action::Forward };
+    if let Owner::Early { base } = owner {
+        let Some(p) = error::field(&fields, b'P').and_then(error::parse_usize) else { return Action::Forward };
+        let mut out = BytesMut::new();
+        error::write_error(&mut out, &fields, Some(base + p));
+        return Action::Replace(out);
+    }
     if let Owner::StandIn(refused) = owner {
         if error::field(&fields, b'C') == Some(STAND_IN_SQLSTATE) {
             crate::metrics::statement_refused(refused.kind);

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use dashmap::DashMap;
 
+use crate::auth::signing;
 use crate::wire::{build, frame};
 
 /// One statement text as prepared upstream.
@@ -26,6 +27,10 @@ pub struct Statement {
     pub tx: bool,
     /// Whether it ends a transaction (COMMIT, ROLLBACK, ... AND CHAIN).
     pub tx_end: bool,
+    /// Whether it only sets up a transaction (`BEGIN ...`, `SET TRANSACTION
+    /// ...`), which must run before anything takes a snapshot: in signed mode
+    /// the tenant goes in after it.
+    pub setup: bool,
     /// Whether executing it changes session state (re-inspected at each Bind).
     pub session: bool,
     /// Whether it cannot run inside a transaction block (VACUUM, ...): the
@@ -56,26 +61,39 @@ pub fn server_name(id: u64) -> Vec<u8> {
 }
 
 /// The statement that sets the tenant for the current transaction, with the
-/// tenant as a bound parameter: prepared once per server connection, and the
-/// tenant never appears in any query text (`pg_stat_activity`, logs).
-pub fn tenant_statement(setting: &str) -> Statement {
-    let text = format!("SELECT pg_catalog.set_config('{setting}', $1, true)");
-    // One parameter, of type text (OID 25).
-    let types = Bytes::from_static(&[0, 1, 0, 0, 0, 25]);
+/// tenant (and in signed mode its proof) as bound parameters: prepared once
+/// per server connection, so neither ever appears in any query text
+/// (`pg_stat_activity`, logs).
+pub fn tenant_statement(setting: &str, signed: bool) -> Statement {
+    let mut text = format!("SELECT pg_catalog.set_config('{setting}', $1, true)");
+    // Parameters of type text (OID 25).
+    let types = if signed {
+        text.push_str(&format!(", pg_catalog.set_config('{}', $2, true)", signing::PROOF_SETTING));
+        Bytes::from_static(&[0, 2, 0, 0, 0, 25, 0, 0, 0, 25])
+    } else {
+        Bytes::from_static(&[0, 1, 0, 0, 0, 25])
+    };
     Statement {
         id: TENANT_STATEMENT_ID,
         text: Bytes::from(text),
         types,
         tx: false,
         tx_end: false,
+        setup: false,
         session: false,
         no_block: false,
     }
 }
 
-/// Appends a Bind of statement `name` to the unnamed portal with text parameters.
-pub fn bind_text(name: &[u8], params: &[&[u8]], out: &mut BytesMut) {
+/// The portal the proxy's tenant statement runs in: named, so that it never
+/// replaces the client's unnamed portal, and closed right after it ran.
+pub const TENANT_PORTAL: &[u8] = b"pgtenant_tenant";
+
+/// Appends Bind (text parameters), Execute and Close of statement `name` in
+/// [`TENANT_PORTAL`]: three steps, each with a reply.
+pub fn run_in_tenant_portal(name: &[u8], params: &[&[u8]], out: &mut BytesMut) {
     build::message(out, b'B', |b| {
+        b.put_slice(TENANT_PORTAL);
         b.put_u8(0);
         b.put_slice(name);
         b.put_u8(0);
@@ -87,6 +105,8 @@ pub fn bind_text(name: &[u8], params: &[&[u8]], out: &mut BytesMut) {
         }
         b.put_u16(0);
     });
+    build::execute(out, TENANT_PORTAL);
+    build::close_portal(out, TENANT_PORTAL);
 }
 
 /// Named statements one client may hold at once; a Parse beyond it is

@@ -243,12 +243,40 @@ impl ServerConn {
             match tag {
                 b'S' => outcome.reported.push(parse_parameter(&body)?),
                 b'D' if outcome.first_row.is_none() => outcome.first_row = crate::wire::row::parse_data_row(&body),
-                b'E' if failure.is_none() => {
-                    let fields = error::fields(&body).unwrap_or_default();
-                    let get = |k| String::from_utf8_lossy(error::field(&fields, k).unwrap_or(b"")).into_owned();
-                    failure = Some(ServerError { code: get(b'C'), message: get(b'M') });
-                }
+                b'E' if failure.is_none() => failure = Some(server_error(&body)),
                 b'Z' => return Ok(failure.map_or(Ok(outcome), Err)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs statements with text parameters through the extended protocol
+    /// (unnamed statement and portal, one Sync at the end, so they share one
+    /// transaction) on an idle connection; returns each statement's first
+    /// row, or the first error.
+    pub async fn extended_query(
+        &mut self,
+        statements: &[(&[u8], &[&[u8]])],
+    ) -> Result<Result<Vec<Option<Vec<Option<String>>>>, ServerError>, UpstreamError> {
+        let mut out = BytesMut::new();
+        for (sql, params) in statements {
+            crate::wire::build::parse_unnamed(&mut out, sql);
+            crate::wire::build::bind_unnamed_text(&mut out, params);
+            crate::wire::build::execute_unnamed(&mut out);
+        }
+        crate::wire::build::sync(&mut out);
+        self.write_all(&out).await?;
+        let mut rows: Vec<Option<Vec<Option<String>>>> = vec![None; statements.len()];
+        let (mut current, mut failure) = (0, None);
+        loop {
+            let (tag, body) = self.read_message().await?;
+            match tag {
+                b'D' if current < rows.len() && rows[current].is_none() => {
+                    rows[current] = crate::wire::row::parse_data_row(&body);
+                }
+                b'C' => current += 1,
+                b'E' if failure.is_none() => failure = Some(server_error(&body)),
+                b'Z' => return Ok(failure.map_or(Ok(rows), Err)),
                 _ => {}
             }
         }
@@ -403,6 +431,13 @@ fn parse_parameter(body: &[u8]) -> Result<(String, String), UpstreamError> {
     let (name, rest) = frame::cstr(body).ok_or_else(bad)?;
     let (value, _) = frame::cstr(rest).ok_or_else(bad)?;
     Ok((String::from_utf8_lossy(name).into_owned(), String::from_utf8_lossy(value).into_owned()))
+}
+
+/// The SQLSTATE and message of an ErrorResponse body.
+fn server_error(body: &[u8]) -> ServerError {
+    let fields = error::fields(body).unwrap_or_default();
+    let get = |k| String::from_utf8_lossy(error::field(&fields, k).unwrap_or(b"")).into_owned();
+    ServerError { code: get(b'C'), message: get(b'M') }
 }
 
 /// The message and SQLSTATE of an ErrorResponse body, for logs.

@@ -126,12 +126,56 @@ pub fn bind_unnamed(buf: &mut BytesMut) {
     });
 }
 
+/// Bind ('B') of the unnamed statement to the unnamed portal with text parameters.
+pub fn bind_unnamed_text(buf: &mut BytesMut, params: &[&[u8]]) {
+    message(buf, b'B', |b| {
+        put_cstr(b, b"");
+        put_cstr(b, b"");
+        b.put_u16(0);
+        b.put_u16(params.len() as u16);
+        for p in params {
+            b.put_u32(p.len() as u32);
+            b.put_slice(p);
+        }
+        b.put_u16(0);
+    });
+}
+
 /// Execute ('E') of the unnamed portal, all rows.
 pub fn execute_unnamed(buf: &mut BytesMut) {
     message(buf, b'E', |b| {
         put_cstr(b, b"");
         b.put_i32(0);
     });
+}
+
+/// Execute ('E') of a named portal, all rows.
+pub fn execute(buf: &mut BytesMut, portal: &[u8]) {
+    message(buf, b'E', |b| {
+        put_cstr(b, portal);
+        b.put_i32(0);
+    });
+}
+
+/// Describe ('D') of a portal.
+pub fn describe_portal(buf: &mut BytesMut, portal: &[u8]) {
+    message(buf, b'D', |b| {
+        b.put_u8(b'P');
+        put_cstr(b, portal);
+    });
+}
+
+/// Close ('C') of a portal.
+pub fn close_portal(buf: &mut BytesMut, portal: &[u8]) {
+    message(buf, b'C', |b| {
+        b.put_u8(b'P');
+        put_cstr(b, portal);
+    });
+}
+
+/// Sync ('S').
+pub fn sync(buf: &mut BytesMut) {
+    message(buf, b'S', |_| {});
 }
 
 /// Terminate ('X').

@@ -21,8 +21,11 @@ use crate::wire::{build, frame};
 pub(super) enum First {
     /// Anything else: the bound tenant statement.
     Plain,
-    /// Transaction control: `SET LOCAL`.
+    /// Transaction control: `SET LOCAL` (plain mode), the bound statement (signed).
     TxControl,
+    /// Transaction setup (`BEGIN ISOLATION LEVEL ...`): as `TxControl` in plain
+    /// mode; in signed mode the tenant waits for the next other step.
+    Setup,
     /// A statement that cannot run in a transaction block: nothing.
     NoBlock,
 }
@@ -31,6 +34,8 @@ impl First {
     fn of(stmt: &Statement) -> First {
         if stmt.no_block {
             First::NoBlock
+        } else if stmt.setup {
+            First::Setup
         } else if stmt.tx {
             First::TxControl
         } else {
@@ -243,8 +248,12 @@ impl Session {
         self.outstanding.push(Pending::Step(Step::Bind, Owner::Client));
         let portal = Bytes::copy_from_slice(portal);
         self.ending_portals.retain(|p| *p != portal);
+        self.setup_portals.retain(|p| *p != portal);
         if stmt.tx_end {
-            self.ending_portals.push(portal);
+            self.ending_portals.push(portal.clone());
+        }
+        if stmt.setup {
+            self.setup_portals.push(portal);
         }
         Ok(())
     }
@@ -255,7 +264,7 @@ impl Session {
         self.traffic.queries += 1;
         let (portal, _) =
             frame::cstr(&msg[frame::HEADER_LEN..]).ok_or_else(|| Fatal::new("08P01", "invalid Execute message"))?;
-        self.forward_step(Step::Execute, msg, First::Plain);
+        self.forward_step(Step::Execute, msg, self.portal_first(portal));
         if self.ending_portals.iter().any(|p| p.as_ref() == portal) {
             self.reinject = true;
         }
@@ -267,13 +276,13 @@ impl Session {
         let (kind, rest) = msg[frame::HEADER_LEN..].split_first().ok_or_else(bad)?;
         let (name, _) = frame::cstr(rest).ok_or_else(bad)?;
         match kind {
-            b'P' => self.forward_step(Step::DescribePortal, msg, First::Plain),
+            b'P' => self.forward_step(Step::DescribePortal, msg, self.portal_first(name)),
             b'S' => {
                 let Some(stmt) = self.client_statement(name) else {
                     self.unknown_statement(name);
                     return Ok(());
                 };
-                self.begin_step(First::Plain);
+                self.begin_step(if self.signed && stmt.setup { First::Setup } else { First::Plain });
                 if name.is_empty() {
                     self.ensure_unnamed(&stmt);
                     self.sout.extend_from_slice(msg);
@@ -309,44 +318,94 @@ impl Session {
         Ok(())
     }
 
+    /// How an Execute or Describe of `portal` counts for the injection: a
+    /// portal of a setup statement must run before the signed-mode tenant.
+    fn portal_first(&self, portal: &[u8]) -> First {
+        if self.signed && self.setup_portals.iter().any(|p| p.as_ref() == portal) {
+            First::Setup
+        } else {
+            First::Plain
+        }
+    }
+
     /// Opens an extended-protocol unit; the tenant goes first when it starts a
     /// transaction. A unit opening with transaction control gets `SET LOCAL`
     /// (it takes no snapshot, so `BEGIN ISOLATION LEVEL` still works after
     /// it); one opening with a statement that cannot run in a transaction
-    /// block gets nothing (it runs without a tenant: fail closed).
+    /// block gets nothing (it runs without a tenant: fail closed). In signed
+    /// mode the tenant can only be a bound `SELECT`, which takes a snapshot,
+    /// so it waits until the transaction-setup steps have run.
     pub(super) fn begin_step(&mut self, first: First) {
+        let deferred = self.signed && first == First::Setup;
         if self.unit_open {
-            if std::mem::take(&mut self.reinject) && first != First::NoBlock {
-                self.inject_tenant(first);
+            if self.reinject && !deferred {
+                self.reinject = false;
+                if first != First::NoBlock {
+                    self.inject_tenant(first);
+                }
             }
             return;
         }
         self.unit_open = true;
         self.unit_tx = false;
         self.ending_portals.clear();
+        self.setup_portals.clear();
         // After COMMIT AND CHAIN the status is T, yet the chained transaction
-        // is new: `reinject` survives the Sync only in that case.
+        // is new: `reinject` survives the Sync only in that case (and after a
+        // signed-mode BEGIN that is still waiting for its tenant).
         let chained = std::mem::take(&mut self.reinject);
         if (self.predicted == Some(IDLE) || chained) && first != First::NoBlock {
-            self.inject_tenant(first);
+            if deferred {
+                self.reinject = true;
+            } else {
+                self.inject_tenant(first);
+            }
         }
     }
 
     /// The hidden steps that set the tenant for the current transaction.
     fn inject_tenant(&mut self, first: First) {
-        if first == First::TxControl {
+        if !self.signed && matches!(first, First::TxControl | First::Setup) {
             build::parse_unnamed(&mut self.sout, &self.tenant_stmt);
             build::bind_unnamed(&mut self.sout);
-            self.outstanding.push(Pending::Step(Step::Parse, Owner::Proxy));
+            build::execute_unnamed(&mut self.sout);
+            for step in [Step::Parse, Step::Bind, Step::Execute] {
+                self.outstanding.push(Pending::Step(step, Owner::Proxy));
+            }
             self.unnamed_on_server = false;
         } else {
-            let stmt = self.tenant_select.clone();
-            self.prepare_on_server(&stmt, true);
-            prepared::bind_text(&stmt.server_name(), &[&self.tenant], &mut self.sout);
+            self.push_tenant_steps();
         }
-        build::execute_unnamed(&mut self.sout);
-        for step in [Step::Bind, Step::Execute] {
+    }
+
+    /// Bind, Execute and Close of the prepared tenant statement, with the
+    /// tenant (and in signed mode its proof) as parameters.
+    pub(super) fn push_tenant_steps(&mut self) {
+        let stmt = self.tenant_select.clone();
+        self.prepare_on_server(&stmt, true);
+        let name = stmt.server_name();
+        match self.current_proof() {
+            Some(proof) => prepared::run_in_tenant_portal(&name, &[&self.tenant, &proof], &mut self.sout),
+            None => prepared::run_in_tenant_portal(&name, &[&self.tenant], &mut self.sout),
+        }
+        for step in [Step::Bind, Step::Execute, Step::Close] {
             self.outstanding.push(Pending::Step(step, Owner::Proxy));
+        }
+    }
+
+    /// The signed-mode proof for this client's tenant under the configured
+    /// key, recomputed only when the key changed (a reload rotates it).
+    fn current_proof(&mut self) -> Option<Bytes> {
+        let config = self.shared.config();
+        let key = config.tenant.mode.signing_key()?;
+        match &self.proof {
+            Some((kid, proof)) if kid == key.kid() => Some(proof.clone()),
+            _ => {
+                let tenant = String::from_utf8_lossy(&self.tenant);
+                let proof = Bytes::from(key.proof(&tenant));
+                self.proof = Some((key.kid().to_string(), proof.clone()));
+                Some(proof)
+            }
         }
     }
 
@@ -387,5 +446,6 @@ fn statement(insp: &Inspection, text: Bytes, types: Bytes) -> Statement {
     let session = insp.statements.iter().any(|s| s.session.is_some()) || params::mentions_set_config(&text);
     let no_block = matches!(insp.statements.as_slice(), [only] if only.no_tx_block);
     let tx_end = insp.statements.iter().any(|s| matches!(s.tx, TxControl::End | TxControl::EndAndChain));
-    Statement { id: 0, text, types, tx, tx_end, session, no_block }
+    let setup = !insp.statements.is_empty() && insp.statements.iter().all(inject::is_setup);
+    Statement { id: 0, text, types, tx, tx_end, setup, session, no_block }
 }

@@ -1,0 +1,360 @@
+//! Signed tenant context (`tenant.mode = "signed"`) on a default, not hardened,
+//! PostgreSQL: SQL that changes the tenant setting where the proxy cannot see it
+//! (a `DO` block, a `pg_temp` function, `query_to_xml`) reads another tenant's
+//! rows in plain mode and none of them in signed mode; the proof never shows in
+//! another session's view or in the logs; and everything else still works.
+
+mod support;
+
+use std::time::Duration;
+
+use pgtenant::auth::signing::SigningKey;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use support::raw::Message;
+use support::{PgCluster, Proxy, ProxyOptions, TENANT_A, TENANT_B};
+
+const KEY: &str = "signing-key-one-0123456789abcdef-0123456789";
+const KEY_2: &str = "signing-key-two-0123456789abcdef-0123456789";
+const ROWS_A: usize = 3;
+const ROWS_B: usize = 5;
+
+/// Statements that set the tenant setting to `{B}` where the proxy's inspector
+/// cannot see it, each followed (in the same transaction) by a count of B's rows.
+fn attacks() -> Vec<(&'static str, String)> {
+    // Spelled in pieces so that no inspector could spot `set_config` or the setting.
+    let set_b = "'SELECT set_' || 'config(''app.current_' || 'tenant_id'', ''{B}'', true)'";
+    let b = TENANT_B;
+    vec![
+        ("DO block", format!("DO $$ BEGIN EXECUTE {set_b}; END $$")),
+        (
+            "pg_temp function",
+            format!(
+                "CREATE FUNCTION pg_temp.switch_tenant() RETURNS void LANGUAGE plpgsql \
+                 AS $$ BEGIN EXECUTE {set_b}; END $$; SELECT pg_temp.switch_tenant()"
+            ),
+        ),
+        (
+            "query_to_xml",
+            format!("DO $$ BEGIN EXECUTE 'SELECT query_' || 'to_xml(' || quote_literal({set_b}) || ', false, false, '''')'; END $$"),
+        ),
+    ]
+    .into_iter()
+    .map(|(name, sql)| (name, sql.replace("{B}", b)))
+    .collect()
+}
+
+/// Seeds both tenants' rows.
+async fn seed(pg: &PgCluster) {
+    pg.seed_tool_calls(TENANT_A, ROWS_A).await;
+    pg.seed_tool_calls(TENANT_B, ROWS_B).await;
+}
+
+/// The signed setup of `pgtenant policy --signed` applied to the test cluster,
+/// with `keys` loaded.
+async fn make_signed(pg: &PgCluster, keys: &[&str]) {
+    let url = format!("postgres://postgres@127.0.0.1:{}/app?sslmode=disable", pg.port());
+    let out = support::proxy::run_cli(&["policy", "--signed", "--database-url", &url]);
+    let sql = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "policy --signed failed: {}", String::from_utf8_lossy(&out.stderr));
+    let su = pg.superuser().await;
+    su.batch_execute(&sql).await.unwrap_or_else(|e| panic!("applying policy --signed: {e:?}\n{sql}"));
+    // The reference schema's own policies read the plain setting: drop them, or
+    // they would still let a forged setting through (policies are OR-ed).
+    for t in support::pg::TENANT_TABLES {
+        for cmd in ["select", "insert", "update", "delete"] {
+            su.batch_execute(&format!("DROP POLICY IF EXISTS {t}_{cmd} ON {t}")).await.unwrap();
+        }
+    }
+    for key in keys {
+        su.query_one("SELECT pgtenant.add_signing_key($1)", &[key]).await.expect("add key");
+    }
+}
+
+fn signed_options(key: &str) -> ProxyOptions {
+    ProxyOptions::default()
+        .set("tenant", "mode", "\"signed\"")
+        .set("tenant", "signing_key_env", "\"TEST_SIGNING_KEY\"")
+        .env("TEST_SIGNING_KEY", key)
+}
+
+async fn count(client: &Client, sql: &str) -> i64 {
+    let rows = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    let values: Vec<i64> = rows
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+            _ => None,
+        })
+        .collect();
+    *values.last().unwrap_or_else(|| panic!("{sql}: no count in {values:?}"))
+}
+
+/// B's rows seen by a tenant-A session after `attack`, in the same transaction.
+async fn rows_of_b_after(client: &Client, attack: &str) -> i64 {
+    client.batch_execute("BEGIN").await.unwrap();
+    client.batch_execute(attack).await.unwrap_or_else(|e| panic!("{attack}: {e:?}"));
+    let sql = format!("SELECT count(*) FROM tool_calls WHERE tenant_id = '{TENANT_B}'");
+    let n = count(client, &sql).await;
+    client.batch_execute("ROLLBACK").await.unwrap();
+    n
+}
+
+#[tokio::test]
+async fn sql_inside_the_database_reads_other_tenants_in_plain_mode() {
+    let pg = PgCluster::start().await;
+    seed(&pg).await;
+    let proxy = Proxy::start(&pg, ProxyOptions::default()).await;
+    let a = proxy.connect(TENANT_A).await;
+    assert_eq!(count(&a, "SELECT count(*) FROM tool_calls").await, ROWS_A as i64);
+    for (name, attack) in attacks() {
+        // The leak the signed mode exists for: without it these tests could not fail.
+        assert_eq!(rows_of_b_after(&a, &attack).await, ROWS_B as i64, "{name} should leak in plain mode");
+    }
+}
+
+#[tokio::test]
+async fn sql_inside_the_database_cannot_forge_the_tenant_in_signed_mode() {
+    let pg = PgCluster::start().await;
+    seed(&pg).await;
+    make_signed(&pg, &[KEY]).await;
+    let proxy = Proxy::start(&pg, signed_options(KEY)).await;
+    let a = proxy.connect(TENANT_A).await;
+    assert_eq!(count(&a, "SELECT count(*) FROM tool_calls").await, ROWS_A as i64);
+    for (name, attack) in attacks() {
+        assert_eq!(rows_of_b_after(&a, &attack).await, 0, "{name} must not reach B's rows in signed mode");
+    }
+    // Extended protocol too, and the session is unharmed.
+    let n: i64 = a.query_one("SELECT count(*) FROM tool_calls", &[]).await.unwrap().get(0);
+    assert_eq!(n, ROWS_A as i64);
+    let b = proxy.connect(TENANT_B).await;
+    let n: i64 = b.query_one("SELECT count(*) FROM tool_calls", &[]).await.unwrap().get(0);
+    assert_eq!(n, ROWS_B as i64);
+    // A tenant that reads its own proof can replay it only for itself.
+    let proof: String = a.query_one("SELECT current_setting('pgtenant.proof')", &[]).await.unwrap().get(0);
+    assert_eq!(proof, SigningKey::new(KEY.as_bytes().to_vec()).unwrap().proof(TENANT_A));
+    let replay = format!(
+        "DO $$ BEGIN EXECUTE 'SELECT set_' || 'config(''pgtenant.' || 'proof'', ''{proof}'', true), \
+         set_' || 'config(''app.current_' || 'tenant_id'', ''{TENANT_B}'', true)'; END $$"
+    );
+    assert_eq!(rows_of_b_after(&a, &replay).await, 0, "A's proof does not open B's rows");
+    // Setting the proof directly is refused like the tenant setting.
+    let err = a.batch_execute("SET pgtenant.proof = 'x'").await.unwrap_err();
+    assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("42501"), "{err:?}");
+}
+
+#[tokio::test]
+async fn the_proof_never_shows_in_other_sessions_or_logs() {
+    let pg = PgCluster::start().await;
+    seed(&pg).await;
+    make_signed(&pg, &[KEY]).await;
+    let su = pg.superuser().await;
+    su.batch_execute("ALTER SYSTEM SET log_statement = 'all'").await.unwrap();
+    su.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let proxy = Proxy::start(&pg, signed_options(KEY)).await;
+    let proof = SigningKey::new(KEY.as_bytes().to_vec()).unwrap().proof(TENANT_A);
+    let hmac = proof.rsplit(':').next().unwrap().to_string();
+
+    let a = proxy.connect(TENANT_A).await;
+    let b = proxy.connect(TENANT_B).await;
+    // A stays inside a transaction, both protocols used, while B looks around.
+    a.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(count(&a, "SELECT count(*) FROM tool_calls").await, ROWS_A as i64);
+    let n: i64 =
+        a.query_one("SELECT count(*) FROM tool_calls WHERE tool_name LIKE $1", &[&"seed-%"]).await.unwrap().get(0);
+    assert_eq!(n, ROWS_A as i64);
+    let seen = b.simple_query("SELECT coalesce(string_agg(query, ' | '), '') FROM pg_stat_activity").await.unwrap();
+    let texts: String = seen
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    assert!(texts.contains("tool_calls"), "B sees A's query texts on a default install: {texts}");
+    assert!(!texts.contains(&hmac) && !texts.contains("v1:"), "the proof leaked into pg_stat_activity: {texts}");
+    a.batch_execute("COMMIT").await.unwrap();
+    drop((a, b));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let server_log = pg.log();
+    assert!(server_log.contains("pgtenant.proof"), "statement logging is on and shows the tenant statement");
+    assert!(!server_log.contains(&hmac), "the proof leaked into the server log");
+    let proxy_log = proxy.log();
+    assert!(!proxy_log.contains(&hmac) && !proxy_log.contains(KEY), "the proof or key leaked into the proxy log");
+}
+
+#[tokio::test]
+async fn transaction_setup_and_multi_statement_queries_work_in_signed_mode() {
+    let pg = PgCluster::start().await;
+    seed(&pg).await;
+    make_signed(&pg, &[KEY]).await;
+    let proxy = Proxy::start(&pg, signed_options(KEY).pool_size(2)).await;
+    let a = proxy.connect(TENANT_A).await;
+    let all = "SELECT count(*) FROM tool_calls";
+
+    // BEGIN ISOLATION LEVEL alone, then statements (simple protocol).
+    a.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE").await.unwrap();
+    a.batch_execute("SET TRANSACTION READ ONLY").await.unwrap();
+    assert_eq!(count(&a, all).await, ROWS_A as i64);
+    assert_eq!(show(&a, "transaction_isolation").await, "serializable");
+    assert_eq!(show(&a, "transaction_read_only").await, "on");
+    a.batch_execute("COMMIT").await.unwrap();
+
+    // BEGIN ISOLATION LEVEL and statements in one Query.
+    let rows = a
+        .simple_query(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ; {all}; SHOW transaction_isolation; COMMIT"))
+        .await
+        .unwrap();
+    assert_eq!(row_values(&rows), vec![ROWS_A.to_string(), "repeatable read".to_string()]);
+
+    // Extended protocol: BEGIN prepared and executed, then queries.
+    a.execute("BEGIN ISOLATION LEVEL SERIALIZABLE", &[]).await.unwrap();
+    let n: i64 = a.query_one(all, &[]).await.unwrap().get(0);
+    assert_eq!(n, ROWS_A as i64);
+    let level: String = a.query_one("SHOW transaction_isolation", &[]).await.unwrap().get(0);
+    assert_eq!(level, "serializable");
+    a.execute("COMMIT", &[]).await.unwrap();
+
+    // A COMMIT followed by more statements in one Query: each transaction gets the tenant.
+    let rows = a
+        .simple_query(&format!(
+            "{all}; COMMIT; BEGIN ISOLATION LEVEL SERIALIZABLE; {all}; SHOW transaction_isolation; COMMIT; {all}"
+        ))
+        .await
+        .unwrap();
+    let a_rows = ROWS_A.to_string();
+    assert_eq!(row_values(&rows), vec![a_rows.clone(), a_rows.clone(), "serializable".into(), a_rows.clone()]);
+
+    // COMMIT AND CHAIN: the chained transaction gets the tenant too.
+    a.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(count(&a, &format!("{all}; COMMIT AND CHAIN")).await, ROWS_A as i64);
+    assert_eq!(count(&a, all).await, ROWS_A as i64);
+    a.batch_execute("COMMIT").await.unwrap();
+
+    // Errors ahead of the tenant statement: the Query fails like on PostgreSQL,
+    // positions point into the client's text, and the session goes on.
+    let sql = format!("{all}; COMMIT; BEGIN ISOLATION LEVEL BOGUS; {all}");
+    let err = a.simple_query(&sql).await.unwrap_err();
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "42601", "{db:?}");
+    let at = sql.find("BOGUS").unwrap() + 1;
+    assert_eq!(db.position(), Some(&tokio_postgres::error::ErrorPosition::Original(at as u32)), "{db:?}");
+    let err = a.simple_query(&format!("{all}; COMMIT; SELEC 1")).await.unwrap_err();
+    let at = format!("{all}; COMMIT; ").len() + 1;
+    let position = err.as_db_error().and_then(|e| e.position().cloned());
+    assert_eq!(position, Some(tokio_postgres::error::ErrorPosition::Original(at as u32)), "{err:?}");
+    assert_eq!(count(&a, all).await, ROWS_A as i64);
+}
+
+#[tokio::test]
+async fn a_failed_step_ahead_of_a_pipelined_query_does_not_swallow_the_next_one() {
+    let pg = PgCluster::start().await;
+    seed(&pg).await;
+    make_signed(&pg, &[KEY]).await;
+    let proxy = Proxy::start(&pg, signed_options(KEY)).await;
+    let mut raw = proxy.raw_login(TENANT_A).await;
+    raw.query("BEGIN ISOLATION LEVEL BOGUS; SELECT 1").query("SELECT count(*) FROM tool_calls");
+    raw.flush().await;
+    let first = raw.read_until_ready().await;
+    let tags: Vec<u8> = first.iter().map(|m| m.tag).collect();
+    assert_eq!(tags, b"EZ", "one error, then ReadyForQuery: {first:?}");
+    assert_eq!(first[0].sqlstate(), "42601");
+    assert_eq!(first[1].ready_status(), b'I');
+    let second = raw.read_until_ready().await;
+    let values: Vec<Option<String>> = second.iter().filter(|m| m.tag == b'D').flat_map(Message::data_row).collect();
+    assert_eq!(values, vec![Some(ROWS_A.to_string())], "{second:?}");
+}
+
+#[tokio::test]
+async fn keys_rotate_with_two_valid_at_once() {
+    let pg = PgCluster::start().await;
+    seed(&pg).await;
+    make_signed(&pg, &[KEY, KEY_2]).await;
+    let key_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key_file.path(), format!("{KEY}\n")).unwrap();
+    let options = ProxyOptions::default().set("tenant", "mode", "\"signed\"").set(
+        "tenant",
+        "signing_key_file",
+        support::proxy::toml_str(&key_file.path().display().to_string()),
+    );
+    let proxy = Proxy::start(&pg, options).await;
+    let a = proxy.connect(TENANT_A).await;
+    let all = "SELECT count(*) FROM tool_calls";
+    assert_eq!(count(&a, all).await, ROWS_A as i64);
+
+    // Switch the proxy to the second key; the connected client follows at its next transaction.
+    std::fs::write(key_file.path(), KEY_2).unwrap();
+    proxy.signal("HUP");
+    let kid_2 = SigningKey::new(KEY_2.as_bytes().to_vec()).unwrap().kid().to_string();
+    let mut switched = false;
+    for _ in 0..50 {
+        let proof: String = a.query_one("SELECT current_setting('pgtenant.proof')", &[]).await.unwrap().get(0);
+        if proof.contains(&kid_2) {
+            switched = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(switched, "the reload did not switch keys: {}", proxy.log());
+    let kid_1 = SigningKey::new(KEY.as_bytes().to_vec()).unwrap().kid().to_string();
+    let su = pg.superuser().await;
+    let removed: bool = su.query_one("SELECT pgtenant.remove_signing_key($1)", &[&kid_1]).await.unwrap().get(0);
+    assert!(removed);
+    assert_eq!(count(&a, all).await, ROWS_A as i64, "the new key works alone");
+    assert!(!proxy.log().contains(KEY_2), "the key is never logged");
+
+    // A proxy still on the removed key sees nothing: fail closed.
+    let stale = Proxy::start(&pg, signed_options(KEY)).await;
+    let old = stale.connect(TENANT_A).await;
+    assert_eq!(count(&old, all).await, 0);
+}
+
+#[tokio::test]
+async fn readiness_checks_the_signed_setup() {
+    let pg = PgCluster::start().await;
+    seed(&pg).await;
+    make_signed(&pg, &[KEY]).await;
+    let canary = |key: &str| {
+        signed_options(key)
+            .set("http", "canary_tenant", format!("\"{TENANT_A}\""))
+            .set("http", "ready_check_seconds", "1")
+            .set("http", "canary_query", "\"SELECT count(*) FROM tool_calls\"")
+    };
+    let good = Proxy::start(&pg, canary(KEY)).await;
+    let (status, body) = wait_ready(&good).await;
+    assert_eq!(status, 200, "{body}");
+    let wrong = Proxy::start(&pg, canary(KEY_2)).await;
+    let (status, body) = wait_ready(&wrong).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("canary") && body.contains("sees 0 rows"), "{body}");
+}
+
+/// `/ready` once its first check ran.
+async fn wait_ready(proxy: &Proxy) -> (u16, String) {
+    let mut last = (0, String::new());
+    for _ in 0..100 {
+        last = proxy.http_get("/ready").await;
+        if !last.1.contains("not checked yet") {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last
+}
+
+async fn show(client: &Client, name: &str) -> String {
+    let rows = client.simple_query(&format!("SHOW {name}")).await.unwrap();
+    row_values(&rows).pop().unwrap()
+}
+
+fn row_values(messages: &[SimpleQueryMessage]) -> Vec<String> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect()
+}
