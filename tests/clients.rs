@@ -264,20 +264,8 @@ async fn asyncpg() {
 
 const PGBENCH_TABLES: &str = "pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history";
 
-/// `pgbench` next to the server binaries the harness uses, else on PATH.
 fn pgbench() -> PathBuf {
-    let beside = support::pg::bin_dir().join("pgbench");
-    if beside.is_file() {
-        return beside;
-    }
-    if tool_version("pgbench", &["--version"]).is_ok() {
-        return PathBuf::from("pgbench");
-    }
-    panic!(
-        "pgbench not found beside {} nor on PATH; it comes with the PostgreSQL server \
-         packages: apt-get install -y postgresql postgresql-contrib",
-        support::pg::bin_dir().display()
-    );
+    support::pg::pgbench_bin()
 }
 
 /// A cluster with pgbench's tables (scale 1, created as superuser) usable by `app_user`, and

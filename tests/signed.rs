@@ -332,6 +332,72 @@ async fn readiness_checks_the_signed_setup() {
 }
 
 /// `/ready` once its first check ran.
+/// A pgbench script that fails (division by zero) unless the database verifies
+/// `tenant` (not just reads the setting), in autocommit statements and after
+/// `BEGIN ISOLATION LEVEL REPEATABLE READ`.
+fn verified_tenant_script(tenant: &str) -> String {
+    format!(
+        "SELECT pgtenant.current_tenant() IS NOT DISTINCT FROM '{tenant}' AS ok \\gset\n\
+         \\if :ok\n\
+         SELECT count(*) FROM tool_calls;\n\
+         \\else\n\
+         SELECT 1/0 AS wrong_tenant;\n\
+         \\endif\n\
+         BEGIN ISOLATION LEVEL REPEATABLE READ;\n\
+         SELECT pgtenant.current_tenant() IS NOT DISTINCT FROM '{tenant}' \
+           AND current_setting('transaction_isolation') = 'repeatable read' AS ok_in_tx \\gset\n\
+         SELECT count(*) FROM tool_calls;\n\
+         END;\n\
+         \\if :ok_in_tx\n\
+         \\else\n\
+         SELECT 1/0 AS wrong_tenant;\n\
+         \\endif\n"
+    )
+}
+
+/// Runs pgbench through `proxy` as `tenant`; returns (success, output).
+async fn pgbench(proxy: &Proxy, tenant: &str, args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(support::pg::pgbench_bin())
+        .args(["-h", "127.0.0.1", "-U", "anyname", "-p", &proxy.port().to_string()])
+        .args(args)
+        .arg("app")
+        .env("PGPASSWORD", proxy.token(tenant))
+        .output()
+        .await
+        .expect("run pgbench");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn pgbench_in_every_protocol_mode_sees_the_verified_tenant() {
+    let pg = PgCluster::start().await;
+    seed(&pg).await;
+    make_signed(&pg, &[KEY]).await;
+    let proxy = Proxy::start(&pg, signed_options(KEY).pool_size(3)).await;
+    let dir = tempfile::tempdir().unwrap();
+    for mode in ["simple", "extended", "prepared"] {
+        let mut runs = Vec::new();
+        for tenant in [TENANT_A, TENANT_B] {
+            let path = dir.path().join(format!("{mode}-{tenant}.sql"));
+            std::fs::write(&path, verified_tenant_script(tenant)).unwrap();
+            runs.push((tenant, path.display().to_string()));
+        }
+        let run = |(tenant, path): (&'static str, String)| {
+            let proxy = &proxy;
+            async move { pgbench(proxy, tenant, &["-n", "-c", "4", "-j", "2", "-t", "50", "-M", mode, "-f", &path]).await }
+        };
+        let ((ok_a, out_a), (ok_b, out_b)) = tokio::join!(run(runs[0].clone()), run(runs[1].clone()));
+        for (ok, out) in [(ok_a, out_a), (ok_b, out_b)] {
+            assert!(ok && out.contains("number of transactions actually processed: 200/200"), "{mode}: {out}");
+            assert!(out.contains("number of failed transactions: 0 (0.000%)"), "{mode}: {out}");
+        }
+        // The script really checks: with the other tenant's token it fails.
+        let (ok, out) = pgbench(&proxy, TENANT_B, &["-n", "-c", "1", "-t", "1", "-M", mode, "-f", &runs[0].1]).await;
+        assert!(!ok && out.contains("division by zero"), "{mode}: {out}");
+    }
+}
+
 async fn wait_ready(proxy: &Proxy) -> (u16, String) {
     let mut last = (0, String::new());
     for _ in 0..100 {

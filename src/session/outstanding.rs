@@ -455,6 +455,71 @@ mod tests {
         assert_eq!(q.units(), 0);
     }
 
+    fn signed_query(q: &mut Outstanding) {
+        for step in [Step::Bind, Step::Execute, Step::Close] {
+            q.push(Pending::Step(step, Owner::Proxy));
+        }
+        q.push(Pending::Query(QueryPlan::new(Vec::new(), None).resync_on_skip()));
+        q.push(Pending::HiddenSync { forward: false });
+    }
+
+    #[test]
+    fn the_proxys_sync_after_a_query_is_dropped_when_the_query_ran() {
+        let mut q = Outstanding::default();
+        signed_query(&mut q);
+        for tag in [b'2', b'D', b'C', b'3'] {
+            assert_eq!(q.on_message(tag, b""), Action::Drop, "{}", tag as char);
+        }
+        for tag in [b'T', b'D', b'C'] {
+            assert_eq!(q.on_message(tag, b""), Action::Forward);
+        }
+        assert_eq!(q.on_message(b'Z', b"I"), Action::Forward);
+        assert_eq!(q.units(), 1);
+        assert_eq!(q.on_message(b'Z', b"I"), Action::Drop);
+        assert!(q.is_empty() && q.units() == 0);
+    }
+
+    #[test]
+    fn a_failed_step_ahead_makes_the_proxys_sync_end_the_query() {
+        let mut q = Outstanding::default();
+        signed_query(&mut q);
+        signed_query(&mut q);
+        // The first Query is skipped by the server; its error and the Sync's
+        // ReadyForQuery stand for it; the second Query runs normally.
+        assert_eq!(q.on_message(b'E', &err("57014")), Action::Forward);
+        assert_eq!(q.on_message(b'Z', b"I"), Action::Forward);
+        assert_eq!(q.units(), 2);
+        for tag in [b'2', b'D', b'C', b'3'] {
+            assert_eq!(q.on_message(tag, b""), Action::Drop);
+        }
+        assert_eq!(q.on_message(b'C', b"SELECT 1\0"), Action::Forward);
+        assert_eq!(q.on_message(b'Z', b"I"), Action::Forward);
+        assert_eq!(q.on_message(b'Z', b"I"), Action::Drop);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn statements_sent_ahead_look_like_part_of_the_query() {
+        let mut q = Outstanding::default();
+        let early = Owner::Early { base: 10 };
+        for step in [Step::Parse, Step::Bind, Step::DescribePortal, Step::Execute] {
+            q.push(Pending::Step(step, early.clone()));
+        }
+        q.push(Pending::Step(Step::Parse, early.clone()));
+        q.push(Pending::Query(QueryPlan::new(Vec::new(), None).resync_on_skip()));
+        q.push(Pending::HiddenSync { forward: false });
+        assert_eq!(q.on_message(b'1', b""), Action::Drop);
+        assert_eq!(q.on_message(b'2', b""), Action::Drop);
+        assert_eq!(q.on_message(b'n', b""), Action::Drop, "NoData never reaches a simple-Query client");
+        assert_eq!(q.on_message(b'C', b"BEGIN\0"), Action::Forward);
+        let Action::Replace(bytes) = q.on_message(b'E', b"SERROR\0C42601\0Mbad\0P3\0\0") else {
+            panic!("position not rewritten")
+        };
+        assert!(bytes.windows(4).any(|w| w == b"P13\0"), "{bytes:?}");
+        assert_eq!(q.on_message(b'Z', b"I"), Action::Forward);
+        assert!(q.is_empty());
+    }
+
     #[test]
     fn error_skips_to_sync() {
         let mut q = Outstanding::default();

@@ -429,6 +429,23 @@ fn available_kib(dir: &Path) -> Option<u64> {
     text.lines().nth(1)?.split_whitespace().nth(3)?.parse().ok()
 }
 
+/// `pgbench` next to the server binaries the harness uses, else on PATH.
+pub fn pgbench_bin() -> PathBuf {
+    let beside = bin_dir().join("pgbench");
+    if beside.is_file() {
+        return beside;
+    }
+    let on_path = std::process::Command::new("pgbench").arg("--version").output();
+    if on_path.is_ok_and(|o| o.status.success()) {
+        return PathBuf::from("pgbench");
+    }
+    panic!(
+        "pgbench not found beside {} nor on PATH; it comes with the PostgreSQL server \
+         packages: apt-get install -y postgresql postgresql-contrib",
+        bin_dir().display()
+    );
+}
+
 /// The directory of `initdb`, `pg_ctl` and `postgres`: `initdb` on PATH (symlinks
 /// resolved), else the highest `/usr/lib/postgresql/<version>/bin`.
 pub fn bin_dir() -> &'static Path {
