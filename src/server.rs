@@ -143,7 +143,10 @@ impl Shared {
 async fn reload(shared: Arc<Shared>) {
     let _one_at_a_time = shared.reloading.lock().await;
     match shared.reload().await {
-        Ok(changed) => tracing::info!(changed = ?changed, "configuration reloaded"),
+        Ok(changed) => {
+            let kid = shared.config().tenant.mode.signing_key().map(|k| k.kid().to_string());
+            tracing::info!(changed = ?changed, signing_key_id = kid.as_deref().unwrap_or("-"), "configuration reloaded")
+        }
         Err(why) => tracing::error!(error = %why, "configuration NOT reloaded; the previous one stays in force"),
     }
 }
@@ -203,7 +206,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     tokio::spawn(http);
     tokio::spawn(upkeep(handle));
-    tracing::info!(%addr, "pgtenant listening");
+    let kid = shared.config().tenant.mode.signing_key().map(|k| k.kid().to_string());
+    let mode = if kid.is_some() { "signed" } else { "plain" };
+    // The key id is public (it is in every proof); the key never is.
+    tracing::info!(%addr, tenant_mode = mode, signing_key_id = kid.as_deref().unwrap_or("-"), "pgtenant listening");
     tokio::spawn(check_upstream(shared.clone()));
     tokio::spawn(crate::health::watch(shared.clone()));
     if let (Some(tls), interval) = (&shared.tls, shared.config().listen.tls_reload_interval) {

@@ -440,6 +440,20 @@ impl Session {
     /// the same Query are sent ahead as their own steps; see [`inject::plan_signed`].
     fn signed_query(&mut self, msg: &Bytes, sql: &Bytes, insp: &Inspection, needs_tenant: bool) {
         let plan = inject::plan_signed(insp, needs_tenant);
+        if plan
+            .early
+            .iter()
+            .any(|p| matches!(p, Piece::Statement(i) if inject::copies_from_client(sql, &insp.statements[*i])))
+        {
+            // The steps after it would reach the server during the copy.
+            let refused = Refused::pooling(
+                "in signed mode, COPY FROM STDIN followed by COMMIT and more statements in one query",
+                "send the statements after the COPY as a separate query",
+            );
+            build::query(&mut self.sout, inject::STAND_IN);
+            self.outstanding.push(Pending::Query(QueryPlan::new(vec![Role::StandIn(refused)], None)));
+            return;
+        }
         if plan.pending {
             self.reinject = true;
         }

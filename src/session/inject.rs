@@ -193,6 +193,13 @@ pub fn is_setup(st: &Statement) -> bool {
             if name == "transaction" || name.starts_with("transaction_"))
 }
 
+/// Whether a statement looks like `COPY ... FROM STDIN` (erring towards yes).
+pub fn copies_from_client(sql: &[u8], st: &Statement) -> bool {
+    let text = String::from_utf8_lossy(&sql[st.span.clone()]).to_ascii_lowercase();
+    let words: Vec<&str> = text.split(|c: char| c.is_ascii_whitespace() || c == '(' || c == ')').collect();
+    words.first() == Some(&"copy") && words.windows(2).any(|w| w == ["from", "stdin"])
+}
+
 /// One step of a signed-mode simple Query sent ahead of its last part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Piece {
@@ -428,6 +435,14 @@ mod tests {
         assert!(!text(&r).contains("SET LOCAL"), "{}", text(&r));
         assert!(matches!(r.roles.as_slice(), [Role::Client, Role::Client, Role::StandIn(_)]));
         assert!(rewrite_query(&Bytes::from_static(b"SELECT 1"), &insp_of("SELECT 1"), None, true).is_none());
+    }
+
+    #[test]
+    fn copy_from_the_client_is_recognised() {
+        let sql = "COPY t (a) FROM\nSTDIN; copy t to stdout; COPY t FROM '/tmp/x'";
+        let insp = insp_of(sql);
+        let found: Vec<bool> = insp.statements.iter().map(|st| copies_from_client(sql.as_bytes(), st)).collect();
+        assert_eq!(found, vec![true, false, false]);
     }
 
     fn insp_of(sql: &str) -> Inspection {
