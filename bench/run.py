@@ -7,6 +7,7 @@ One command, run as root on a quiet machine from the repository root:
     sudo python3 bench/run.py --quick         # a few minutes: checks that every code path works
     sudo python3 bench/run.py memory          # only the idle-client memory measurement
     sudo python3 bench/run.py login           # only the login cost (pgbench -C)
+    sudo python3 bench/run.py signed          # only signed mode vs plain mode (RLS point select, select-only)
     sudo python3 bench/run.py pgbench --only select-simple,select-extended --clients 1,32
 
 It starts a throwaway PostgreSQL (temp dir), PgBouncer (the distribution's package, installed with
@@ -28,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import idle, profile  # noqa: E402
+from harness import idle, profile, signed  # noqa: E402
 from harness.pgbench import (APP_SIDE_SCRIPT, WORKLOADS, Result, Target, describe, log_result,  # noqa: E402
                              run_pgbench)
 from harness.report import Cell, Report, loadavg, machine_info  # noqa: E402
@@ -38,19 +39,20 @@ from harness.services import (APP_USER, DATABASE, PgBouncer, Pgtenant, Postgres,
 from harness.util import BenchError, log, raise_nofile, rss_kib, run  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-PHASES = ("pgbench", "login", "memory")
+PHASES = ("pgbench", "login", "memory", "signed")
 DEFAULT_WORKLOADS = ["select-simple", "select-extended", "select-prepared", "tpcb-simple", "tpcb-extended"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("phase", nargs="?", default="all", choices=("all",) + PHASES,
-                   help="what to run (default: all three phases)")
+                   help="what to run (default: all four phases)")
     p.add_argument("--quick", action="store_true",
                    help="validation mode: 3 s cells, 1 repeat, clients 1,32, 500 idle clients")
     p.add_argument("--duration", type=float, help="seconds per pgbench run (default 20; quick 3)")
     p.add_argument("--repeats", type=int, help="runs per cell; the report gives medians (default 3; quick 1)")
-    p.add_argument("--clients", help="client counts, comma-separated (default 1,32,256,1000; quick 1,32)")
+    p.add_argument("--clients", help="client counts, comma-separated (default 1,32,256,1000; quick 1,32; "
+                                      "the signed phase: 1,32 unless given)")
     p.add_argument("--only", help="workloads, comma-separated, from: " + ", ".join(WORKLOADS)
                    + " (the application-side baseline runs with the select-only simple/extended ones)")
     p.add_argument("--pool-size", type=int, default=20, help="PgBouncer default_pool_size = pgtenant pool_size")
@@ -73,6 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs) for debugging")
     a = p.parse_args(argv)
     q = a.quick
+    a.signed_clients = [int(x) for x in (a.clients or "1,32").split(",") if x.strip()]
     a.duration = a.duration if a.duration is not None else (3.0 if q else 20.0)
     a.repeats = a.repeats if a.repeats is not None else (1 if q else 3)
     a.clients = [int(x) for x in (a.clients or ("1,32" if q else "1,32,256,1000")).split(",") if x.strip()]
@@ -113,6 +116,8 @@ def estimate_seconds(a) -> float:
         total += 7 * a.repeats * (a.login_duration + 1) + 20
     if "memory" in a.phases:
         total += 4 * (a.idle_clients / 250 + 10)   # SCRAM logins to PgBouncer are the slow part
+    if "signed" in a.phases:
+        total += signed.estimate_seconds(a, a.signed_clients)
     return total
 
 
@@ -332,7 +337,8 @@ def main(argv=None) -> int:
     if os.geteuid() != 0:
         log("note: not root; PgBouncer must already be installed, and PostgreSQL runs as this user")
     nofile = raise_nofile()
-    need = max(max(a.clients) * 2 + 200, a.idle_clients + 200 if "memory" in a.phases else 0)
+    clients = [c for ph, cs in (("pgbench", a.clients), ("signed", a.signed_clients)) if ph in a.phases for c in cs]
+    need = max(max(clients or [1]) * 2 + 200, a.idle_clients + 200 if "memory" in a.phases else 0)
     if nofile < need:
         log(f"warning: open-files limit {nofile} is below the ~{need} this run wants")
 
@@ -353,18 +359,25 @@ def main(argv=None) -> int:
         ensure_pgbouncer()
         ws = Workspace(keep=a.keep)
         log(f"work dir {ws.dir}")
-        pg = Postgres(ws, max_connections=max(1100, max(a.clients) + 100))
+        pg = Postgres(ws, max_connections=max(1100, max(clients or [1]) + 2 * a.pool_size + 100))
         pg.start()
-        pg.init_pgbench(a.scale)
+        if set(a.phases) - {"signed"}:   # the signed phase has its own databases
+            pg.init_pgbench(a.scale)
 
         header = machine_info()
         header.update(date=started.strftime("%Y-%m-%d %H:%M UTC"), postgres=pg.version(),
                       pgbouncer=pgbouncer_version()[0],
                       pgbench=run([pgbench_bin(), "--version"]).stdout.decode().strip(),
                       commit=git_commit(REPO), load_start=loadavg())
-        summary = (f"{a.duration:g} s per run, {a.repeats} repeat(s) (medians), clients {','.join(map(str, a.clients))}, "
+        only_signed = a.phases == ("signed",)
+        scale = f"scale {a.scale}" if not only_signed else ""
+        if "signed" in a.phases:
+            scale += (", " if scale else "") + (f"signed phase: scale {signed.ACCOUNTS_SCALE}, clients "
+                                                f"{','.join(map(str, a.signed_clients))}")
+        shown = a.signed_clients if only_signed else a.clients
+        summary = (f"{a.duration:g} s per run, {a.repeats} repeat(s) (medians), clients {','.join(map(str, shown))}, "
                    f"pgbench -j ≤ {a.jobs}, pool size {a.pool_size} (PgBouncer default_pool_size = pgtenant "
-                   f"pool_size), scale {a.scale}, one tenant; PostgreSQL with fsync=off and data on "
+                   f"pool_size), {scale}, one tenant; PostgreSQL with fsync=off and data on "
                    f"{'tmpfs' if str(ws.dir).startswith('/dev/shm') else 'disk'}; everything on 127.0.0.1 TCP")
         report = Report(header, {"summary": summary, "pool_size": a.pool_size, "quick": a.quick,
                                  "login_clients": a.login_clients})
@@ -387,6 +400,8 @@ def main(argv=None) -> int:
             phase_login(a, ws, pg, binary, tls, rsa, report)
         if "memory" in a.phases:
             phase_memory(a, ws, pg, binary, tls, report, nofile)
+        if "signed" in a.phases:
+            signed.run_phase(a, ws, pg, binary, report, a.signed_clients)
         report.header["load_end"] = loadavg()
         text = report.render()
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -420,6 +435,7 @@ def _raw(report: Report) -> dict:
         "login": [{k: v for k, v in x.items() if k != "cell"} | {"runs": [res(r) for r in x["cell"].runs]}
                   for x in report.login],
         "memory": report.memory,
+        "signed": (report.signed | {"summary": report.signed_summary()}) if report.signed else None,
         "targets": report.target_results(),
     }
 

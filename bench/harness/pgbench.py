@@ -23,6 +23,7 @@ class Target:
     user: str
     password: str
     sslmode: str = "disable"
+    database: str = DATABASE
 
 
 @dataclass
@@ -91,7 +92,7 @@ def run_pgbench(target: Target, mode_args: list[str], *, clients: int, jobs: int
         cmd += ["-l", "--log-prefix", os.path.join(logdir, "tx")]
         if sampling_rate < 1.0:
             cmd += ["--sampling-rate", f"{sampling_rate:.6f}"]
-    cmd.append(DATABASE)
+    cmd.append(target.database)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update({"PGPASSWORD": target.password, "PGSSLMODE": target.sslmode, "PGGSSENCMODE": "disable",
                 "PGCONNECT_TIMEOUT": "60"})

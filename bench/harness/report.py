@@ -123,6 +123,7 @@ class Report:
         self.memory: list[dict] = []
         self.notes: list[str] = []
         self.profiles: list[str] = []
+        self.signed: dict | None = None     # the signed phase's setup and checks (cells are in `cells`)
 
     def cell(self, workload: str, target: str, clients: int) -> Cell:
         return self.cells.setdefault((workload, target, clients), Cell())
@@ -154,6 +155,8 @@ class Report:
             out += self._throughput()
         if self.workloads or self.memory:
             out += self._targets()
+        if self.signed:
+            out += self._signed()
         if self.login:
             out += self._login()
         if self.memory:
@@ -274,6 +277,74 @@ class Report:
         for name, verdict, detail in self.target_results():
             v = f"**{verdict}**" if verdict == "NOT met" else verdict
             out.append(f"| {name} | {v} | {detail} |")
+        out.append("")
+        return out
+
+    def signed_summary(self) -> list[dict]:
+        """signed/plain per workload and client count (medians), for the report and the raw JSON."""
+        rows = []
+        for w in self.signed["workloads"]:
+            for c in self.signed["clients"]:
+                p, s = self.get(f"signed:{w}", "plain", c), self.get(f"signed:{w}", "signed", c)
+                ok = p is not None and s is not None and p.ok_runs and s.ok_runs
+                cpu = {}
+                for k, cell in (("plain", p), ("signed", s)):
+                    cpu[k] = median(r.raw.get("proxy_cpu_us_per_tx") for r in cell.ok_runs) if cell else None
+                rows.append({"workload": w, "clients": c,
+                             "plain_tps": p.tps if ok else None, "signed_tps": s.tps if ok else None,
+                             "ratio": ratio(s.tps, p.tps) if ok else None,
+                             "plain_p50_ms": p.p50 if ok else None, "signed_p50_ms": s.p50 if ok else None,
+                             "plain_cpu_us": cpu["plain"], "signed_cpu_us": cpu["signed"],
+                             "errors": (p.errors if p else ["not run"]) + (s.errors if s else ["not run"])})
+        return rows
+
+    def _signed(self) -> list[str]:
+        from .signed import COST_SENTENCE, PLAIN_DB, SIGNED_DB   # the phase's constants
+        g = self.signed
+        out = ["## Signed mode vs plain mode", "",
+               f"Two pgtenant instances (pool size {g['pool_size']} each), one per database on the same PostgreSQL: "
+               f"`{PLAIN_DB}` with the plain policies of `pgtenant policy` (`tenant_id = (SELECT "
+               "NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)`) behind `tenant.mode = \"plain\"`, "
+               f"`{SIGNED_DB}` behind `tenant.mode = \"signed\"` (key id `{g['key_id']}`), set up with "
+               f"{g['setup']}. Both databases are copies of one template: `tenant_items (tenant_id uuid, id "
+               f"int, balance int, PRIMARY KEY (tenant_id, id))` with {g['rows_per_tenant']:,} rows for the "
+               "benchmark tenant and as many for another, and pgbench_accounts at scale "
+               f"{g['accounts_scale']} (no policy). Workloads: `\\set id random(1, {g['rows_per_tenant']})` / "
+               "`SELECT balance FROM tenant_items WHERE id = :id` in the three protocol modes, and "
+               "pgbench's `-S -M simple` on pgbench_accounts. "
+               f"{g['duration']:g} s per run, {g['repeats']} repeat(s), plain and signed runs alternating "
+               "(the order flips every repeat); TPS and p50 are medians over the repeats. Load average "
+               f"{g['load_start']} at the phase's start, {g['load_end']} at its end ({g['minutes']:.1f} min).", "",
+               "Checked before measuring:", ""]
+        out += [f"- {c}" for c in g.get("checks", [])]
+        out.append("")
+        rows = self.signed_summary()
+        for w in g["workloads"]:
+            out.append(f"### {g['titles'][w]}")
+            out.append("")
+            out.append("| clients | plain TPS | signed TPS | signed/plain | plain p50 (ms) | signed p50 (ms) "
+                       "| p50 added (µs) | pgtenant CPU per tx, plain / signed (µs) |")
+            out.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
+            foot = []
+            for r in (r for r in rows if r["workload"] == w):
+                if r["ratio"] is None:
+                    out.append(f"| {r['clients']} | error | error | – | – | – | – | – |")
+                    foot.append(f"{r['clients']} clients: {r['errors'][0] if r['errors'] else '?'}")
+                    continue
+                added = (r["signed_p50_ms"] - r["plain_p50_ms"]) * 1000 \
+                    if r["signed_p50_ms"] is not None and r["plain_p50_ms"] is not None else None
+                cpu = " / ".join("–" if v is None else f"{v:.1f}" for v in (r["plain_cpu_us"], r["signed_cpu_us"]))
+                out.append(f"| {r['clients']} | {fmt_tps(r['plain_tps'])} | {fmt_tps(r['signed_tps'])} | "
+                           f"{r['ratio']:.2f}× | {fmt_ms(r['plain_p50_ms'])} | {fmt_ms(r['signed_p50_ms'])} | "
+                           f"{'–' if added is None else f'{added:+.0f}'} | {cpu} |")
+                if r["errors"]:
+                    foot.append(f"{r['clients']} clients: {len(r['errors'])} run(s) failed, first: {r['errors'][0]}")
+            out.append("")
+            out += [f"- {f}" for f in foot]
+            if foot:
+                out.append("")
+        out.append(COST_SENTENCE + " pgtenant CPU per tx = the proxy process's user + system CPU time during the "
+                   "run (connection setup included) / transactions.")
         out.append("")
         return out
 

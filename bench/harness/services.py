@@ -196,24 +196,35 @@ class Postgres:
                   env=_pg_env(), timeout=1800)
         return out.stdout.decode().strip()
 
-    def init_pgbench(self, scale: int) -> None:
-        log(f"PostgreSQL: pgbench -i -s {scale}")
+    def psql_script(self, script: str, db: str = DATABASE) -> str:
+        """A multi-statement script (e.g. `pgtenant policy` output) on psql's stdin, as superuser."""
+        out = run([psql_bin(), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p",
+                   str(self.port), "-U", "postgres", "-d", db, "-f", "-"],
+                  env=_pg_env(), timeout=1800, input=script.encode())
+        return out.stdout.decode().strip()
+
+    def url(self, db: str = DATABASE) -> str:
+        """Superuser URL for `pgtenant policy` / `doctor` (trusted on 127.0.0.1 for postgres)."""
+        return f"postgres://postgres@127.0.0.1:{self.port}/{db}?sslmode=disable"
+
+    def init_pgbench(self, scale: int, db: str = DATABASE) -> None:
+        log(f"PostgreSQL: pgbench -i -s {scale} ({db})")
         run([pgbench_bin(), "-i", "-s", str(scale), "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U",
-             "postgres", DATABASE], env=_pg_env(), timeout=3600)
-        self.psql(f"GRANT CONNECT ON DATABASE {DATABASE} TO {APP_USER}; "
+             "postgres", db], env=_pg_env(), timeout=3600)
+        self.psql(f"GRANT CONNECT ON DATABASE {db} TO {APP_USER}; "
                   f"GRANT USAGE ON SCHEMA public TO {APP_USER}; "
                   f"GRANT SELECT, INSERT, UPDATE ON {PGBENCH_TABLES} TO {APP_USER}; "
-                  f"GRANT TRUNCATE ON pgbench_history TO {APP_USER}")
-        self.vacuum(full=True)
+                  f"GRANT TRUNCATE ON pgbench_history TO {APP_USER}", db=db)
+        self.vacuum(full=True, db=db)
 
-    def vacuum(self, full: bool = False) -> None:
+    def vacuum(self, full: bool = False, db: str = DATABASE) -> None:
         """Between cells: empty the history, vacuum the small hot tables (everything when `full`)."""
-        self.psql("TRUNCATE pgbench_history")
+        self.psql("TRUNCATE pgbench_history", db=db)
         if full:
-            self.psql("VACUUM ANALYZE")
+            self.psql("VACUUM ANALYZE", db=db)
         else:
-            self.psql("VACUUM pgbench_branches, pgbench_tellers")
-        self.psql("CHECKPOINT")
+            self.psql("VACUUM pgbench_branches, pgbench_tellers", db=db)
+        self.psql("CHECKPOINT", db=db)
 
     def version(self) -> str:
         return run([self._cmd("postgres"), "--version"]).stdout.decode().strip()
@@ -422,10 +433,12 @@ class Pgtenant:
 
     def __init__(self, ws: Workspace, pg: Postgres, binary: Path, pool_size: int, max_client_conn: int,
                  algorithm: str = "HS256", rsa: RsaJwtKey | None = None, tls: Tls | None = None,
-                 tag: str = "pgtenant"):
+                 tag: str = "pgtenant", database: str = DATABASE, signing_key: str | None = None):
+        """`signing_key` given: `tenant.mode = "signed"` with the key in `signing_key_env`."""
         self.ws, self.pg, self.binary, self.tag = ws, pg, binary, tag
         self.pool_size, self.max_client_conn = pool_size, max_client_conn
         self.algorithm, self.rsa, self.tls = algorithm, rsa, tls
+        self.database, self.signing_key = database, signing_key
         self.secret = secrets.token_hex(32)
         self.port = 0
         self.proc: subprocess.Popen | None = None
@@ -440,6 +453,8 @@ class Pgtenant:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PGTENANT_")}
         env["PGTENANT_JWT_SECRET"] = self.secret
         env["BENCH_APP_PASSWORD"] = self.pg.app_password
+        if self.signing_key is not None:
+            env["PGTENANT_SIGNING_KEY"] = self.signing_key
         env.setdefault("RUST_LOG", "info")
         return env
 
@@ -449,6 +464,9 @@ class Pgtenant:
             auth = 'algorithms = ["HS256"]\nhs_secret_env = "PGTENANT_JWT_SECRET"\n'
         else:
             auth = f'algorithms = ["{self.algorithm}"]\npublic_key_file = "{self.rsa.pub}"\n'
+        tenant = ""
+        if self.signing_key is not None:
+            tenant = '[tenant]\nmode = "signed"\nsigning_key_env = "PGTENANT_SIGNING_KEY"\n'
         return (
             "[listen]\n"
             f'addr = "127.0.0.1:{self.port}"\n'
@@ -458,7 +476,7 @@ class Pgtenant:
             "[upstream]\n"
             'host = "127.0.0.1"\n'
             f"port = {self.pg.port}\n"
-            f'database = "{DATABASE}"\n'
+            f'database = "{self.database}"\n'
             f'user = "{APP_USER}"\n'
             'password_env = "BENCH_APP_PASSWORD"\n'
             f"pool_size = {self.pool_size}\n"
@@ -471,6 +489,7 @@ class Pgtenant:
             f"{auth}"
             'tenant_claim = "tenant_id"\n'
             'tenant_format = "uuid"\n'
+            f"{tenant}"
             "[http]\n"
             f'addr = "127.0.0.1:{http_port}"\n'
         )
@@ -485,7 +504,8 @@ class Pgtenant:
             try:
                 wait_for_port(self.port, 30, self.proc, "pgtenant")
                 log(f"{self.tag}: listening on 127.0.0.1:{self.port} (pid {self.pid}, pool {self.pool_size}, "
-                    f"{self.algorithm}{', TLS' if self.tls else ''})")
+                    f"{self.algorithm}{', TLS' if self.tls else ''}{', signed' if self.signing_key else ''}, "
+                    f"database {self.database})")
                 return
             except BenchError as e:
                 stop_process(self.proc, timeout=5)
