@@ -219,10 +219,18 @@ async fn canary(shared: &Shared, conn: &mut ServerConn) -> Result<String, Upstre
         Err(e) => return Ok(format!("the canary query failed without a tenant: {e}")),
     };
     Ok(match (with_tenant, without) {
-        (0, _) => format!(
-            "the canary tenant {} sees 0 rows: tenant context injection is broken (or the seed rows are missing)",
-            tenant.as_str()
-        ),
+        (0, _) => match shared.config().tenant.mode.signing_key() {
+            None => format!(
+                "the canary tenant {} sees 0 rows: tenant context injection is broken (or the seed rows are missing)",
+                tenant.as_str()
+            ),
+            Some(key) => format!(
+                "the canary tenant {} sees 0 rows: is the signing key {} in pgtenant.signing_keys, and do the \
+                 policies call pgtenant.current_tenant()? (or the seed rows are missing)",
+                tenant.as_str(),
+                key.kid()
+            ),
+        },
         (_, n) if n > 0 => {
             format!("the canary query sees {n} rows with no tenant set: row-level security is not enforced")
         }

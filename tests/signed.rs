@@ -6,6 +6,8 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pgtenant::auth::signing::SigningKey;
@@ -311,6 +313,90 @@ async fn copy_works_and_copy_followed_by_a_new_transaction_in_one_query_is_refus
     assert_eq!(values, vec![Some("1".to_string())], "{after:?}");
 }
 
+/// A TCP relay between the proxy and PostgreSQL that counts round trips: the
+/// times the proxy sends after the server has spoken (or first).
+struct Relay {
+    port: u16,
+    turns: Arc<AtomicUsize>,
+}
+
+impl Relay {
+    async fn start(target: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let turns = Arc::new(AtomicUsize::new(0));
+        let counter = turns.clone();
+        tokio::spawn(async move {
+            while let Ok((proxy_side, _)) = listener.accept().await {
+                let server_side = tokio::net::TcpStream::connect(("127.0.0.1", target)).await.unwrap();
+                tokio::spawn(relay_one(proxy_side, server_side, counter.clone()));
+            }
+        });
+        Relay { port, turns }
+    }
+
+    fn turns(&self) -> usize {
+        self.turns.load(Ordering::SeqCst)
+    }
+}
+
+async fn relay_one(mut up: tokio::net::TcpStream, mut down: tokio::net::TcpStream, turns: Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut a, mut b) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    let mut server_spoke_last = true;
+    loop {
+        tokio::select! {
+            n = up.read(&mut a) => {
+                let Ok(n @ 1..) = n else { return };
+                if server_spoke_last {
+                    turns.fetch_add(1, Ordering::SeqCst);
+                    server_spoke_last = false;
+                }
+                if down.write_all(&a[..n]).await.is_err() { return }
+            }
+            n = down.read(&mut b) => {
+                let Ok(n @ 1..) = n else { return };
+                server_spoke_last = true;
+                if up.write_all(&b[..n]).await.is_err() { return }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn signed_mode_adds_no_round_trip() {
+    let pg = PgCluster::start().await;
+    seed(&pg).await;
+    make_signed(&pg, &[KEY]).await;
+    let mut turns = Vec::new();
+    for signed in [false, true] {
+        let relay = Relay::start(pg.port()).await;
+        let options = if signed { signed_options(KEY) } else { ProxyOptions::default() };
+        let options = options.pool_size(1).set("upstream", "port", relay.port.to_string()).set(
+            "http",
+            "ready_check_seconds",
+            "3600",
+        );
+        let proxy = Proxy::start(&pg, options).await;
+        let a = proxy.connect(TENANT_A).await;
+        let statement = a.prepare("SELECT count(*) FROM tool_calls WHERE id > $1").await.unwrap();
+        count(&a, "SELECT 1").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = relay.turns();
+        for _ in 0..3 {
+            count(&a, "SELECT count(*) FROM tool_calls").await;
+            a.query_one(&statement, &[&0i64]).await.unwrap();
+            a.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE").await.unwrap();
+            count(&a, "SELECT count(*) FROM tool_calls; COMMIT; SELECT count(*) FROM tool_calls").await;
+        }
+        let n = count(&a, "SELECT count(*) FROM tool_calls").await;
+        assert_eq!(n, if signed { ROWS_A as i64 } else { 0 }, "plain policies were dropped by make_signed");
+        turns.push(relay.turns() - before);
+    }
+    // One round trip per client request (3 x 4, and the last count), in both modes.
+    assert_eq!(turns, vec![13, 13], "round trips to PostgreSQL (plain, signed)");
+}
+
 #[tokio::test]
 async fn keys_rotate_with_two_valid_at_once() {
     let pg = PgCluster::start().await;
@@ -372,7 +458,8 @@ async fn readiness_checks_the_signed_setup() {
     let wrong = Proxy::start(&pg, canary(KEY_2)).await;
     let (status, body) = wait_ready(&wrong).await;
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains("canary") && body.contains("sees 0 rows"), "{body}");
+    let kid = SigningKey::new(KEY_2.as_bytes().to_vec()).unwrap().kid().to_string();
+    assert!(body.contains("sees 0 rows") && body.contains(&format!("signing key {kid}")), "{body}");
 }
 
 /// `/ready` once its first check ran.
