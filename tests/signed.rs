@@ -52,51 +52,6 @@ async fn seed(pg: &PgCluster) {
     pg.seed_tool_calls(TENANT_B, ROWS_B).await;
 }
 
-/// The signed setup of `pgtenant policy --signed` applied to the test cluster,
-/// with `keys` loaded.
-async fn make_signed(pg: &PgCluster, keys: &[&str]) {
-    let su = pg.superuser().await;
-    su.batch_execute(r#"
-CREATE EXTENSION IF NOT EXISTS pgcrypto;
-CREATE ROLE pgtenant_keyholder NOLOGIN;
-CREATE SCHEMA pgtenant AUTHORIZATION pgtenant_keyholder;
-GRANT USAGE ON SCHEMA pgtenant TO app_user;
-CREATE TABLE pgtenant.signing_keys (kid text primary key, key bytea not null);
-ALTER TABLE pgtenant.signing_keys OWNER TO pgtenant_keyholder;
-CREATE FUNCTION pgtenant.current_tenant() RETURNS text LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
- SELECT s.t FROM (SELECT NULLIF(current_setting('app.current_tenant_id', true),'') t, current_setting('pgtenant.proof', true) p) s JOIN pgtenant.signing_keys k ON k.kid = split_part(s.p, ':', 2)
- WHERE split_part(s.p, ':', 1) = 'v1' AND encode(public.hmac(convert_to(s.t,'UTF8'), k.key, 'sha256'),'hex') = split_part(s.p, ':', 3) $f$;
-ALTER FUNCTION pgtenant.current_tenant() OWNER TO pgtenant_keyholder;
-CREATE FUNCTION pgtenant.add_signing_key(key text) RETURNS text LANGUAGE sql AS $f$ INSERT INTO pgtenant.signing_keys VALUES (left(encode(sha256(convert_to(key,'UTF8')),'hex'),8), convert_to(key,'UTF8')) RETURNING kid $f$;
-CREATE FUNCTION pgtenant.remove_signing_key(k text) RETURNS boolean LANGUAGE sql AS $f$ WITH d AS (DELETE FROM pgtenant.signing_keys WHERE kid = k RETURNING 1) SELECT count(*) > 0 FROM d $f$;
-ALTER ROLE app_user SET log_parameter_max_length = 0;
-"#).await.unwrap();
-    for t in support::pg::TENANT_TABLES {
-        su.batch_execute(&format!(
-            "CREATE POLICY pgt ON {t} USING (tenant_id = (SELECT pgtenant.current_tenant())::uuid)"
-        ))
-        .await
-        .unwrap();
-    }
-    // The reference schema's own policies read the plain setting: drop them, or
-    // they would still let a forged setting through (policies are OR-ed).
-    for t in support::pg::TENANT_TABLES {
-        for cmd in ["select", "insert", "update", "delete"] {
-            su.batch_execute(&format!("DROP POLICY IF EXISTS {t}_{cmd} ON {t}")).await.unwrap();
-        }
-    }
-    for key in keys {
-        su.query_one("SELECT pgtenant.add_signing_key($1)", &[key]).await.expect("add key");
-    }
-}
-
-fn signed_options(key: &str) -> ProxyOptions {
-    ProxyOptions::default()
-        .set("tenant", "mode", "\"signed\"")
-        .set("tenant", "signing_key_env", "\"TEST_SIGNING_KEY\"")
-        .env("TEST_SIGNING_KEY", key)
-}
-
 async fn count(client: &Client, sql: &str) -> i64 {
     let rows = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
     let values: Vec<i64> = rows
@@ -136,8 +91,8 @@ async fn sql_inside_the_database_reads_other_tenants_in_plain_mode() {
 async fn sql_inside_the_database_cannot_forge_the_tenant_in_signed_mode() {
     let pg = PgCluster::start().await;
     seed(&pg).await;
-    make_signed(&pg, &[KEY]).await;
-    let proxy = Proxy::start(&pg, signed_options(KEY)).await;
+    pg.make_signed(&[KEY]).await;
+    let proxy = Proxy::start(&pg, ProxyOptions::signed(KEY)).await;
     let a = proxy.connect(TENANT_A).await;
     assert_eq!(count(&a, "SELECT count(*) FROM tool_calls").await, ROWS_A as i64);
     for (name, attack) in attacks() {
@@ -166,12 +121,12 @@ async fn sql_inside_the_database_cannot_forge_the_tenant_in_signed_mode() {
 async fn the_proof_never_shows_in_other_sessions_or_logs() {
     let pg = PgCluster::start().await;
     seed(&pg).await;
-    make_signed(&pg, &[KEY]).await;
+    pg.make_signed(&[KEY]).await;
     let su = pg.superuser().await;
     su.batch_execute("ALTER SYSTEM SET log_statement = 'all'").await.unwrap();
     su.batch_execute("SELECT pg_reload_conf()").await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let proxy = Proxy::start(&pg, signed_options(KEY)).await;
+    let proxy = Proxy::start(&pg, ProxyOptions::signed(KEY)).await;
     let proof = SigningKey::new(KEY.as_bytes().to_vec()).unwrap().proof(TENANT_A);
     let hmac = proof.rsplit(':').next().unwrap().to_string();
 
@@ -208,8 +163,8 @@ async fn the_proof_never_shows_in_other_sessions_or_logs() {
 async fn transaction_setup_and_multi_statement_queries_work_in_signed_mode() {
     let pg = PgCluster::start().await;
     seed(&pg).await;
-    make_signed(&pg, &[KEY]).await;
-    let proxy = Proxy::start(&pg, signed_options(KEY).pool_size(2)).await;
+    pg.make_signed(&[KEY]).await;
+    let proxy = Proxy::start(&pg, ProxyOptions::signed(KEY).pool_size(2)).await;
     let a = proxy.connect(TENANT_A).await;
     let all = "SELECT count(*) FROM tool_calls";
 
@@ -271,8 +226,8 @@ async fn transaction_setup_and_multi_statement_queries_work_in_signed_mode() {
 async fn a_failed_step_ahead_of_a_pipelined_query_does_not_swallow_the_next_one() {
     let pg = PgCluster::start().await;
     seed(&pg).await;
-    make_signed(&pg, &[KEY]).await;
-    let proxy = Proxy::start(&pg, signed_options(KEY)).await;
+    pg.make_signed(&[KEY]).await;
+    let proxy = Proxy::start(&pg, ProxyOptions::signed(KEY)).await;
     let mut raw = proxy.raw_login(TENANT_A).await;
     raw.query("BEGIN ISOLATION LEVEL BOGUS; SELECT 1").query("SELECT count(*) FROM tool_calls");
     raw.flush().await;
@@ -289,11 +244,11 @@ async fn a_failed_step_ahead_of_a_pipelined_query_does_not_swallow_the_next_one(
 #[tokio::test]
 async fn copy_works_and_copy_followed_by_a_new_transaction_in_one_query_is_refused() {
     let pg = PgCluster::start().await;
-    make_signed(&pg, &[KEY]).await;
+    pg.make_signed(&[KEY]).await;
     // COPY FROM is not allowed into tables under RLS at all; a plain table then.
     let su = pg.superuser().await;
     su.batch_execute("CREATE TABLE notes (note text); GRANT SELECT, INSERT ON notes TO app_user").await.unwrap();
-    let proxy = Proxy::start(&pg, signed_options(KEY)).await;
+    let proxy = Proxy::start(&pg, ProxyOptions::signed(KEY)).await;
     let mut raw = proxy.raw_login(TENANT_A).await;
     raw.query("COPY notes FROM STDIN");
     raw.flush().await;
@@ -367,11 +322,11 @@ async fn relay_one(mut up: tokio::net::TcpStream, mut down: tokio::net::TcpStrea
 async fn signed_mode_adds_no_round_trip() {
     let pg = PgCluster::start().await;
     seed(&pg).await;
-    make_signed(&pg, &[KEY]).await;
+    pg.make_signed(&[KEY]).await;
     let mut turns = Vec::new();
     for signed in [false, true] {
         let relay = Relay::start(pg.port()).await;
-        let options = if signed { signed_options(KEY) } else { ProxyOptions::default() };
+        let options = if signed { ProxyOptions::signed(KEY) } else { ProxyOptions::default() };
         let options = options.pool_size(1).set("upstream", "port", relay.port.to_string()).set(
             "http",
             "ready_check_seconds",
@@ -401,7 +356,7 @@ async fn signed_mode_adds_no_round_trip() {
 async fn keys_rotate_with_two_valid_at_once() {
     let pg = PgCluster::start().await;
     seed(&pg).await;
-    make_signed(&pg, &[KEY, KEY_2]).await;
+    pg.make_signed(&[KEY, KEY_2]).await;
     let key_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(key_file.path(), format!("{KEY}\n")).unwrap();
     let options = ProxyOptions::default().set("tenant", "mode", "\"signed\"").set(
@@ -436,7 +391,7 @@ async fn keys_rotate_with_two_valid_at_once() {
     assert!(!proxy.log().contains(KEY_2), "the key is never logged");
 
     // A proxy still on the removed key sees nothing: fail closed.
-    let stale = Proxy::start(&pg, signed_options(KEY)).await;
+    let stale = Proxy::start(&pg, ProxyOptions::signed(KEY)).await;
     let old = stale.connect(TENANT_A).await;
     assert_eq!(count(&old, all).await, 0);
 }
@@ -445,9 +400,9 @@ async fn keys_rotate_with_two_valid_at_once() {
 async fn readiness_checks_the_signed_setup() {
     let pg = PgCluster::start().await;
     seed(&pg).await;
-    make_signed(&pg, &[KEY]).await;
+    pg.make_signed(&[KEY]).await;
     let canary = |key: &str| {
-        signed_options(key)
+        ProxyOptions::signed(key)
             .set("http", "canary_tenant", format!("\"{TENANT_A}\""))
             .set("http", "ready_check_seconds", "1")
             .set("http", "canary_query", "\"SELECT count(*) FROM tool_calls\"")
@@ -504,8 +459,8 @@ async fn pgbench(proxy: &Proxy, tenant: &str, args: &[&str]) -> (bool, String) {
 async fn pgbench_in_every_protocol_mode_sees_the_verified_tenant() {
     let pg = PgCluster::start().await;
     seed(&pg).await;
-    make_signed(&pg, &[KEY]).await;
-    let proxy = Proxy::start(&pg, signed_options(KEY).pool_size(3)).await;
+    pg.make_signed(&[KEY]).await;
+    let proxy = Proxy::start(&pg, ProxyOptions::signed(KEY).pool_size(3)).await;
     let dir = tempfile::tempdir().unwrap();
     for mode in ["simple", "extended", "prepared"] {
         let mut runs = Vec::new();
