@@ -400,24 +400,37 @@ async fn keys_rotate_with_two_valid_at_once() {
 async fn readiness_checks_the_signed_setup() {
     let pg = PgCluster::start().await;
     seed(&pg).await;
+    let ready_fast = |options: ProxyOptions| options.set("http", "ready_check_seconds", "1");
+    // Signed mode against a database without the signed setup: not ready, and why.
+    let bare = Proxy::start(&pg, ready_fast(ProxyOptions::signed(KEY))).await;
+    let (status, body) = wait_ready(&bare).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("pgtenant.current_tenant() failed") && body.contains("policy --signed"), "{body}");
+    drop(bare);
+
     pg.make_signed(&[KEY]).await;
     let canary = |key: &str| {
-        ProxyOptions::signed(key)
-            .set("http", "canary_tenant", format!("\"{TENANT_A}\""))
-            .set("http", "ready_check_seconds", "1")
-            .set("http", "canary_query", "\"SELECT count(*) FROM tool_calls\"")
+        ready_fast(ProxyOptions::signed(key)).set("http", "canary_tenant", format!("\"{TENANT_A}\"")).set(
+            "http",
+            "canary_query",
+            "\"SELECT count(*) FROM tool_calls\"",
+        )
     };
     let good = Proxy::start(&pg, canary(KEY)).await;
     let (status, body) = wait_ready(&good).await;
     assert_eq!(status, 200, "{body}");
-    let wrong = Proxy::start(&pg, canary(KEY_2)).await;
-    let (status, body) = wait_ready(&wrong).await;
-    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"signed\":\"ok\"") && body.contains("\"canary\":\"ok\""), "{body}");
+    // A key the database does not know: the signed check says which one, with or
+    // without a canary.
     let kid = SigningKey::new(KEY_2.as_bytes().to_vec()).unwrap().kid().to_string();
-    assert!(body.contains("sees 0 rows") && body.contains(&format!("signing key {kid}")), "{body}");
+    for options in [canary(KEY_2), ready_fast(ProxyOptions::signed(KEY_2))] {
+        let wrong = Proxy::start(&pg, options).await;
+        let (status, body) = wait_ready(&wrong).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("does not accept this proxy's proofs") && body.contains(&kid), "{body}");
+    }
 }
 
-/// `/ready` once its first check ran.
 /// A pgbench script that fails (division by zero) unless the database verifies
 /// `tenant` (not just reads the setting), in autocommit statements and after
 /// `BEGIN ISOLATION LEVEL REPEATABLE READ`.
