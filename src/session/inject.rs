@@ -234,6 +234,10 @@ pub struct SignedPlan {
 /// their own extended-protocol steps, so that an error among them still
 /// skips everything after it, as in one Query.
 pub fn plan_signed(insp: &Inspection, needs_tenant: bool) -> SignedPlan {
+    if insp.lex_error {
+        // The whole text becomes one failing stand-in: nothing runs that needs a tenant.
+        return SignedPlan { early: Vec::new(), tail: 0, tenant_before_tail: false, pending: false };
+    }
     let n = insp.statements.len();
     let mut points = Vec::new();
     let mut need = needs_tenant;
@@ -425,6 +429,12 @@ mod tests {
         assert_eq!(chain, SignedPlan { early: vec![], tail: 0, tenant_before_tail: true, pending: true });
         let trailing = plan("SELECT 1; COMMIT", true);
         assert!(!trailing.pending && trailing.early.is_empty());
+    }
+
+    #[test]
+    fn signed_unlexable_text_plans_nothing() {
+        let p = plan("SELECT 1; COMMIT; SELECT 'unterminated", true);
+        assert_eq!(p, SignedPlan { early: vec![], tail: 0, tenant_before_tail: false, pending: false });
     }
 
     #[test]
