@@ -431,6 +431,91 @@ async fn readiness_checks_the_signed_setup() {
     }
 }
 
+/// Statements mixed into random queries: transaction setup and control, reads,
+/// errors at different places (syntax, runtime, isolation too late).
+const VOCABULARY: &[&str] = &[
+    "BEGIN",
+    "BEGIN ISOLATION LEVEL SERIALIZABLE",
+    "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+    "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    "SET TRANSACTION READ ONLY",
+    "COMMIT",
+    "ROLLBACK",
+    "COMMIT AND CHAIN",
+    "SAVEPOINT s",
+    "ROLLBACK TO SAVEPOINT s",
+    "SELECT count(*) FROM tool_calls",
+    "SHOW transaction_isolation",
+    "SELECT pgtenant.current_tenant() IS NOT NULL AS verified",
+    "SELEC 1",
+    "SELECT 1/0",
+];
+
+/// What a reply sequence means, without the data that differs by tenant.
+fn shape(messages: &[Message]) -> Vec<String> {
+    messages
+        .iter()
+        .filter_map(|m| match m.tag {
+            b'E' => Some(format!("E {}", m.sqlstate())),
+            b'Z' => Some(format!("Z {}", m.ready_status() as char)),
+            b'C' => Some(format!("C {}", m.command_tag())),
+            b'T' | b'D' | b'I' | b's' | b'n' | b'1' | b'2' | b'3' => Some((m.tag as char).to_string()),
+            _ => None, // notices and parameter changes may legitimately differ
+        })
+        .collect()
+}
+
+/// Sends one simple Query or one extended unit (Parse/Bind/Describe/Execute per
+/// statement, one Sync) and reads its replies.
+async fn send(client: &mut support::RawClient, statements: &[&str], extended: bool) -> Vec<Message> {
+    if extended {
+        for sql in statements {
+            client.parse("", sql, &[]).bind("", "", &[]).describe_portal("").execute("", 0);
+        }
+        client.sync();
+    } else {
+        client.query(&statements.join("; "));
+    }
+    client.flush().await;
+    client.read_until_ready().await
+}
+
+#[tokio::test]
+async fn random_transaction_mixes_behave_as_on_postgresql_and_always_carry_the_tenant() {
+    let pg = PgCluster::start().await;
+    seed(&pg).await;
+    pg.make_signed(&[KEY]).await;
+    let proxy = Proxy::start(&pg, ProxyOptions::signed(KEY).pool_size(2)).await;
+    let mut through = proxy.raw_login(TENANT_A).await;
+    let mut direct = support::RawClient::connect(pg.port()).await;
+    direct.login("postgres", "app", "").await.expect("direct login");
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let mut verified = 0;
+    for round in 0..300 {
+        let statements: Vec<&str> = (0..1 + next(4)).map(|_| VOCABULARY[next(VOCABULARY.len())]).collect();
+        let extended = next(3) == 0;
+        let got = send(&mut through, &statements, extended).await;
+        let want = send(&mut direct, &statements, extended).await;
+        assert_eq!(shape(&got), shape(&want), "round {round}, extended {extended}: {statements:?}");
+        // Every verification that ran saw this client's tenant, proof checked by the database.
+        for row in got.iter().filter(|m| m.tag == b'D').map(Message::data_row) {
+            if let [Some(v)] = row.as_slice() {
+                if v == "t" || v == "f" {
+                    assert_eq!(v, "t", "round {round}: a transaction ran without a verified tenant: {statements:?}");
+                    verified += 1;
+                }
+            }
+        }
+    }
+    assert!(verified > 20, "too few verifications ran to mean anything: {verified}");
+}
+
 /// A pgbench script that fails (division by zero) unless the database verifies
 /// `tenant` (not just reads the setting), in autocommit statements and after
 /// `BEGIN ISOLATION LEVEL REPEATABLE READ`.
