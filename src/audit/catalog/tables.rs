@@ -71,7 +71,12 @@ pub(super) async fn attach_policies(
                        WHERE CASE WHEN r = 0 THEN true ELSE pg_catalog.pg_has_role($1::name, r, 'USAGE') END), \
                EXISTS (SELECT 1 FROM pg_catalog.unnest(p.polroles) r \
                        WHERE CASE WHEN r = 0 THEN true ELSE pg_catalog.pg_has_role($1::name, r, 'MEMBER') END), \
-               pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) \
+               pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), \
+               EXISTS (SELECT 1 FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc f ON f.oid = d.refobjid \
+                       JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace \
+                       WHERE d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass AND d.objid = p.oid \
+                       AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+                       AND fn.nspname = 'pgtenant' AND f.proname = 'current_tenant' AND f.pronargs = 0) \
                FROM pg_catalog.pg_policy p WHERE p.polrelid = ANY($2::oid[]) ORDER BY 1, 2";
     for r in query(client, sql, &[&role, &oids]).await? {
         let command: String = r.get(2);
@@ -83,6 +88,7 @@ pub(super) async fn attach_policies(
             reachable: r.get(5),
             using: r.get(6),
             check: r.get(7),
+            calls_signed: r.get(8),
         };
         if let Some(t) = by_oid(tables, r.get(0)) {
             t.policies.push(policy);
