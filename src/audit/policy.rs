@@ -174,9 +174,14 @@ fn header(catalog: &Catalog, scope: &Scope, source: TenantSource<'_>) -> String 
         super::checks::short_version(&catalog.server_version)
     );
     let _ = writeln!(out, "-- tenant column {}, setting {}, role {}", scope.column, scope.setting, scope.role);
+    // The signed setup creates a role and an extension and sets superuser-only role settings.
+    let _ = writeln!(
+        out,
+        "-- Idempotent: running it again changes nothing. Apply it as {}:",
+        if source == TenantSource::Signed { "a superuser" } else { "the tables' owner or a superuser" }
+    );
     out.push_str(
-        "-- Idempotent: running it again changes nothing. Apply it as the tables' owner or a superuser:\n\
-         --   psql \"$DATABASE_URL\" -v ON_ERROR_STOP=1 -f policy.sql\n\
+        "--   psql \"$DATABASE_URL\" -v ON_ERROR_STOP=1 -f policy.sql\n\
          -- FORCE ROW LEVEL SECURITY applies the policies to the tables' owner too: run data\n\
          -- migrations that must see every tenant as a superuser or a BYPASSRLS role.\n\
          -- Creating an index locks writes to its table: on large tables, create it beforehand\n\
@@ -189,7 +194,7 @@ fn header(catalog: &Catalog, scope: &Scope, source: TenantSource<'_>) -> String 
     match source {
         TenantSource::Signed => out.push_str(
             "--\n-- Signed mode: run the proxies with tenant.mode = \"signed\" and load their key (see the end).\n\
-             -- Until then every policy matches no rows. Apply it as a superuser.\n",
+             -- Until then every policy matches no rows.\n",
         ),
         // Going back from signed to plain policies must be a choice, not an accident.
         TenantSource::Setting(_) if TenantSource::of(catalog, &scope.setting) == TenantSource::Signed => out.push_str(

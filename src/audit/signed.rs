@@ -275,20 +275,30 @@ fn log_parameters_sql(catalog: &Catalog, role: &str) -> String {
     out
 }
 
+/// The shell lines that load the key in `/etc/pgtenant/signing.key` as a superuser. psql reads
+/// the file itself (`\set` with backquotes) and sends it as a literal of a statement that is not
+/// logged, so the key is in neither the shell history, the process list nor the server log.
+pub fn key_loading_snippet() -> String {
+    format!(
+        "psql \"$DATABASE_URL\" -v ON_ERROR_STOP=1 <<'SQL'\n\
+         \\set key `cat /etc/pgtenant/signing.key`\n\
+         SET log_statement = 'none';\n\
+         SET log_min_error_statement = 'panic';\n\
+         SELECT {SCHEMA}.add_signing_key(:'key');\n\
+         SQL"
+    )
+}
+
 /// The comment that ends a `--signed` script: how to load a key and how to rotate it.
 pub fn key_loading_comment() -> String {
+    let snippet: String = key_loading_snippet().lines().map(|l| format!("--   {l}\n")).collect();
     format!(
         "\n-- Signing keys. This script holds none: until one is loaded, {CURRENT_TENANT} is NULL and\n\
          -- every policy above matches no rows. Load the proxy's key (the text of its\n\
          -- tenant.signing_key_file or signing_key_env; surrounding whitespace is ignored) as a\n\
          -- superuser. This way the key is in neither the shell history, the process list nor the\n\
          -- server log:\n\
-         --   psql \"$DATABASE_URL\" -v ON_ERROR_STOP=1 <<'SQL'\n\
-         --   \\set key `cat /etc/pgtenant/signing.key`\n\
-         --   SET log_statement = 'none';\n\
-         --   SET log_min_error_statement = 'panic';\n\
-         --   SELECT {SCHEMA}.add_signing_key(:'key');\n\
-         --   SQL\n\
+         {snippet}\
          -- (with the key in an environment variable: \\set key `printenv PGTENANT_SIGNING_KEY`).\n\
          -- It prints the key id: the first 8 hex digits of SHA-256 of the key, as in the proofs.\n\
          -- Rotation, during which both keys are valid:\n\

@@ -6,6 +6,10 @@ use tokio_postgres::Client;
 use super::{query, ForeignKey, Index, Policy, Scope, TableGrants, TenantTable, USER_SCHEMAS};
 use crate::audit::AuditError;
 
+/// Schemas of application tables: the user schemas without the signed context's own
+/// (`pgtenant.signing_keys` is neither a tenant table nor one to list).
+const TABLE_SCHEMAS: &str = "n.nspname <> 'pgtenant'";
+
 pub(super) async fn tenant_tables(client: &Client, scope: &Scope) -> Result<Vec<TenantTable>, AuditError> {
     let sql = format!(
         "SELECT c.oid, pg_catalog.format('%I.%I', n.nspname, c.relname), c.relname::text, \
@@ -23,7 +27,8 @@ pub(super) async fn tenant_tables(client: &Client, scope: &Scope) -> Result<Vec<
          pg_catalog.has_table_privilege($1::name, c.oid, 'TRIGGER') \
          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-         WHERE c.relkind IN ('r', 'p') AND a.attname = $2::name AND {USER_SCHEMAS} ORDER BY 2"
+         WHERE c.relkind IN ('r', 'p') AND a.attname = $2::name AND {USER_SCHEMAS} AND {TABLE_SCHEMAS} \
+         ORDER BY 2"
     );
     let rows = query(client, &sql, &[&scope.role, &scope.column]).await?;
     Ok(rows
@@ -186,7 +191,7 @@ pub(super) async fn other_tables(client: &Client, scope: &Scope) -> Result<Vec<(
         "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), \
          pg_catalog.has_table_privilege($1::name, c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE') \
          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND {USER_SCHEMAS} \
+         WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND {USER_SCHEMAS} AND {TABLE_SCHEMAS} \
          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid \
                          AND a.attname = $2::name AND NOT a.attisdropped) \
          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::regclass \

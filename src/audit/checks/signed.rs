@@ -10,7 +10,7 @@ use crate::audit::literal;
 use crate::audit::policy::{policy_sql, TenantSource, COMMANDS, POLICY_PREFIX};
 use crate::audit::report::{Finding, Severity};
 use crate::audit::signed::{
-    key_loading_comment, CURRENT_TENANT, DEFAULT_KEY_OWNER, KEY_TABLE, LOG_PARAMETER_SINCE, SCHEMA,
+    key_loading_snippet, CURRENT_TENANT, DEFAULT_KEY_OWNER, KEY_TABLE, LOG_PARAMETER_SINCE, SCHEMA,
 };
 
 use super::public_and;
@@ -84,6 +84,16 @@ fn missing(setup: &SignedSetup) -> Vec<Finding> {
 
 /// Ways for the role to read, add or use the keys, or to change what checks them.
 fn access(setup: &SignedSetup, role: &str, role_object: &str) -> Vec<Finding> {
+    if !setup.member_of_owners.is_empty() {
+        // The owner's privileges come with the membership: revoking it is the one fix, so the
+        // table, schema and function privileges it implies are not reported again.
+        let owners = setup.member_of_owners.join(", ");
+        let why = format!(
+            "the role is a member of {owners}, which owns the signed context: it can read the keys or replace {CURRENT_TENANT}"
+        );
+        let fix: Vec<String> = setup.member_of_owners.iter().map(|o| format!("REVOKE {o} FROM {role};")).collect();
+        return vec![Finding::new("signed.key_holder_member", Severity::Unsafe, role_object, why).fix(fix.join("\n"))];
+    }
     let mut findings = Vec::new();
     if let Some(table) = setup.key_table.as_ref().filter(|t| !t.role_privileges.is_empty()) {
         let why = format!(
@@ -95,14 +105,6 @@ fn access(setup: &SignedSetup, role: &str, role_object: &str) -> Vec<Finding> {
             public_and(role)
         );
         findings.push(Finding::new("signed.key_table_access", Severity::Unsafe, KEY_TABLE_OBJECT, why).fix(fix));
-    }
-    if !setup.member_of_owners.is_empty() {
-        let owners = setup.member_of_owners.join(", ");
-        let why = format!(
-            "the role is a member of {owners}, which owns the signed context: it can read the keys or replace {CURRENT_TENANT}"
-        );
-        let fix: Vec<String> = setup.member_of_owners.iter().map(|o| format!("REVOKE {o} FROM {role};")).collect();
-        findings.push(Finding::new("signed.key_holder_member", Severity::Unsafe, role_object, why).fix(fix.join("\n")));
     }
     if setup.schema_create {
         let why =
@@ -182,8 +184,9 @@ fn function_checks(function: &SignedFunction, setup: &SignedSetup, role: &str) -
             let why = "called with the tenant setting set and no valid proof, it returned that tenant: it does not check the proof, so SQL that sets the setting acts as any tenant";
             findings.push(Finding::new("signed.function_trusts_setting", Severity::Unsafe, object, why).fix(recreate));
         }
-        // A missing key table is reported as such; the failing call only repeats it.
-        Behaviour::Fails(_) if setup.key_table.is_none() => {}
+        // A missing key table, or an owner or security mode that keeps the function from
+        // reading the keys, is reported as such: the failing call only repeats it.
+        Behaviour::Fails(_) if setup.key_table.is_none() || function.owned_by_role || !function.security_definer => {}
         Behaviour::Fails(error) => {
             let why = format!("calling it fails ({error}): so does every query of the role on a tenant table");
             let fix = format!("{recreate} (it needs pgcrypto's hmac)");
@@ -205,7 +208,7 @@ fn keys(setup: &SignedSetup) -> Vec<Finding> {
             let why = format!(
                 "no signing key is loaded: {CURRENT_TENANT} is always NULL, every query of the role sees no rows"
             );
-            let fix = key_loading_comment().trim().to_string();
+            let fix = key_loading_snippet();
             vec![Finding::new("signed.no_keys", Severity::Warning, KEY_TABLE_OBJECT, why).fix(fix)]
         }
         Some(_) => Vec::new(),
@@ -402,7 +405,6 @@ mod tests {
     fn access_to_the_keys_is_unsafe() {
         let mut c = catalog();
         setup(&mut c).key_table.as_mut().unwrap().role_privileges = vec!["SELECT".into()];
-        setup(&mut c).member_of_owners = vec!["pgtenant_keyholder".into()];
         setup(&mut c).schema_create = true;
         setup(&mut c).key_functions = vec!["pgtenant.add_signing_key(text)".into()];
         let found = check(&c, &scope(), false);
@@ -410,13 +412,19 @@ mod tests {
             found.iter().map(|f| (f.id, f.severity)).collect::<Vec<_>>(),
             [
                 ("signed.key_table_access", Severity::Unsafe),
-                ("signed.key_holder_member", Severity::Unsafe),
                 ("signed.schema_create", Severity::Unsafe),
                 ("signed.key_functions", Severity::Unsafe)
             ]
         );
-        assert_eq!(found[1].fix, "REVOKE pgtenant_keyholder FROM app_user;");
         assert!(!enforced(&c, &found));
+        setup(&mut c).member_of_owners = vec!["pgtenant_keyholder".into()];
+        let found = check(&c, &scope(), false);
+        assert_eq!(
+            found.iter().map(|f| (f.id, f.severity)).collect::<Vec<_>>(),
+            [("signed.key_holder_member", Severity::Unsafe)],
+            "the membership explains the rest"
+        );
+        assert_eq!(found[0].fix, "REVOKE pgtenant_keyholder FROM app_user;");
         c.role.as_mut().unwrap().superuser = true;
         assert_eq!(ids(&c), [], "role.superuser covers a superuser role");
     }
@@ -434,7 +442,9 @@ mod tests {
         assert_eq!(ids(&c), [("signed.function_search_path", Severity::Unsafe)]);
         let mut c = catalog();
         function(&mut c).owned_by_role = true;
+        function(&mut c).behaviour = Behaviour::Fails("permission denied for table signing_keys".into());
         let found = check(&c, &scope(), false);
+        assert_eq!(found.len(), 1, "the owner explains the failing call: {found:?}");
         assert_eq!((found[0].id, found[0].severity), ("signed.function_owner", Severity::Unsafe));
         assert_eq!(found[0].fix, "ALTER FUNCTION pgtenant.current_tenant() OWNER TO pgtenant_keyholder;");
         let mut c = catalog();
