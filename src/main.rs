@@ -75,6 +75,11 @@ enum Command {
     /// With --probe, run live isolation checks through a running proxy instead.
     Doctor(DoctorArgs),
     /// Print idempotent SQL that puts every table with the tenant column under row-level security.
+    ///
+    /// With --signed, the policies call pgtenant.current_tenant(), which returns the tenant only
+    /// when the proof the proxy sets with it (pgtenant.proof) matches a key loaded in
+    /// pgtenant.signing_keys: SQL that sets the tenant setting itself (a DO block, a pg_temp
+    /// function) then reaches no other tenant's rows.
     Policy(PolicyArgs),
 }
 
@@ -119,8 +124,10 @@ struct DoctorArgs {
     /// The table the probe writes its marker rows to [default: the first tenant table that takes one].
     #[arg(long, requires = "probe")]
     table: Option<String>,
-    /// Expect the signed tenant context (`policy --signed`): its absence is unsafe. Its checks
-    /// run anyway whenever pgtenant.current_tenant() or pgtenant.signing_keys exists.
+    /// Expect the signed tenant context (`policy --signed`): its absence is unsafe.
+    ///
+    /// Its checks (signed.*) run anyway whenever pgtenant.current_tenant() or
+    /// pgtenant.signing_keys exists.
     #[arg(long, conflicts_with = "probe")]
     signed: bool,
 }
@@ -135,12 +142,13 @@ struct PolicyArgs {
     /// Also print the database hardening of SECURITY.md (revokes the ways around the proxy).
     #[arg(long)]
     harden: bool,
-    /// Signed tenant context (tenant.mode = "signed"): create the key holder role, schema
-    /// pgtenant with pgcrypto, the key table pgtenant.signing_keys, the verifying function
-    /// pgtenant.current_tenant() and the key helpers add_signing_key / remove_signing_key,
-    /// and make every policy call that function instead of reading the setting. Apply the
-    /// output as a superuser, then load the proxies' key (the output ends with how; it never
-    /// contains a key). Until a key is loaded, every policy matches no rows.
+    /// For tenant.mode = "signed": policies call pgtenant.current_tenant(), which checks the proof.
+    ///
+    /// Also creates the key-holder role (--key-owner), schema pgtenant with pgcrypto, the key
+    /// table pgtenant.signing_keys, the function and the helpers pgtenant.add_signing_key(key) /
+    /// pgtenant.remove_signing_key(kid), and keeps bound parameters (the proof) out of the
+    /// server log. Apply the output as a superuser, then load the proxies' key: the output ends
+    /// with how (it never contains a key). Until a key is loaded, every policy matches no rows.
     #[arg(long)]
     signed: bool,
     /// With --signed: the NOLOGIN role that owns the keys and the function (created if missing).

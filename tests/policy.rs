@@ -119,6 +119,14 @@ async fn policy_usage_errors() {
     assert!(text(&out.stderr).contains("--setting"), "{}", text(&out.stderr));
     let out = pgtenant(&["policy", "--database-url", "postgres://u@127.0.0.1:1/app?sslmode=disable"]);
     assert_eq!(out.status.code(), Some(1), "an unreachable database is a runtime failure");
+    let out = pgtenant(&["policy", "--database-url", "postgres://u@127.0.0.1:1/app", "--key-owner", "keys"]);
+    assert_eq!(out.status.code(), Some(2), "--key-owner needs --signed");
+    for owner in ["app_user", "Keys", "pg_keys"] {
+        let out =
+            pgtenant(&["policy", "--database-url", "postgres://u@127.0.0.1:1/app", "--signed", "--key-owner", owner]);
+        assert_eq!(out.status.code(), Some(2), "{owner}");
+        assert!(text(&out.stderr).contains("--key-owner"), "{owner}: {}", text(&out.stderr));
+    }
 }
 
 /// SQL run as `app_user` inside a transaction that tries to switch the tenant to B in ways the
@@ -261,6 +269,14 @@ async fn signed_policies_only_open_rows_to_a_valid_proof() {
     std::fs::write(&key_file, "pgtenant-signed-test-key-number-one\n").expect("write key");
     let loaded = load_key_as_documented(&pg, &url, &sql, &key_file);
     assert!(loaded.contains(one.kid()), "{loaded}");
+
+    // The function is evaluated once per query (an InitPlan), and the tenant index is usable.
+    app.batch_execute("SET enable_seqscan = off").await.unwrap();
+    let plan: Vec<String> =
+        app.query("EXPLAIN SELECT * FROM tool_calls", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    app.batch_execute("RESET enable_seqscan").await.unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("InitPlan") && plan.contains("Index Cond: (tenant_id ="), "{plan}");
 
     // Only tenant A's own proof opens tenant A's rows.
     assert_eq!(visible(&app, TENANT_A, Some(&one.proof(TENANT_A)), "").await, a_rows);

@@ -15,7 +15,7 @@ use crate::audit::signed::{
 
 use super::public_and;
 
-/// The report objects of the signed setup.
+/// The report object of `pgtenant.current_tenant()`.
 pub const FUNCTION_OBJECT: &str = "function pgtenant.current_tenant()";
 /// The report object of the key table.
 pub const KEY_TABLE_OBJECT: &str = "table pgtenant.signing_keys";
