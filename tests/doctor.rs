@@ -591,6 +591,26 @@ async fn doctor_passes_the_signed_reference_and_flags_each_way_to_break_it() {
     assert!(human.contains("function pgtenant.current_tenant()\n  ok\n"), "{human}");
     assert!(human.contains("table pgtenant.signing_keys\n  ok\n"), "{human}");
 
+    // doctor as a role that can read the catalogs but neither the keys nor call the function
+    // (set_config is revoked from PUBLIC by --harden): those two checks say they were skipped.
+    let su = pg.superuser().await;
+    su.batch_execute("CREATE ROLE auditor LOGIN PASSWORD 'auditor-password'").await.expect("auditor");
+    let auditor = format!("postgres://auditor:auditor-password@127.0.0.1:{}/app?sslmode=disable", pg.port());
+    let out = pgtenant(&["doctor", "--json", "--database-url", &auditor]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stderr)));
+    let mut signed: Vec<(String, String)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["id"].as_str().unwrap().starts_with("signed."))
+        .map(|f| (f["id"].as_str().unwrap().to_string(), f["severity"].as_str().unwrap().to_string()))
+        .collect();
+    signed.sort();
+    let skipped = ["signed.function_untested", "signed.keys_unreadable"].map(|id| (id.to_string(), "info".to_string()));
+    assert_eq!(signed, skipped, "{report:#}");
+    su.batch_execute("DROP ROLE auditor").await.expect("drop auditor");
+    drop(su);
+
     let admin = pg.connect_as("postgres", "", "postgres").await;
     run_cases(&pg, &admin, SIGNED_CASES).await;
 }
