@@ -302,6 +302,9 @@ async fn run_doctor(args: &DoctorArgs) -> Result<Report, AuditError> {
 fn policy(args: PolicyArgs) -> ExitCode {
     let run = async {
         let scope = scope(&args.scope)?;
+        if args.signed && scope.setting == pgtenant::auth::signing::PROOF_SETTING {
+            return Err(AuditError::Usage("--setting: the tenant setting cannot be the proof's own".into()));
+        }
         let signed = match args.signed {
             true => Some(
                 pgtenant::audit::signed::key_owner_ident(&args.key_owner, &scope.role)

@@ -467,7 +467,12 @@ const SIGNED_CASES: &[Case] = &[
         "signed.key_table_access",
         "unsafe",
     ),
-    case("TRUNCATE on the key table", "GRANT TRUNCATE ON pgtenant.signing_keys TO app_user", "signed.key_table_access", "unsafe"),
+    case(
+        "TRUNCATE on the key table",
+        "GRANT TRUNCATE ON pgtenant.signing_keys TO app_user",
+        "signed.key_table_access",
+        "unsafe",
+    ),
     global(
         "member of the key holder",
         "GRANT pgtenant_keyholder TO app_user",
@@ -514,8 +519,18 @@ const SIGNED_CASES: &[Case] = &[
         "signed.function_owner",
         "warning",
     ),
-    case("function VOLATILE", "ALTER FUNCTION pgtenant.current_tenant() VOLATILE", "signed.function_volatility", "warning"),
-    case("function IMMUTABLE", "ALTER FUNCTION pgtenant.current_tenant() IMMUTABLE", "signed.function_volatility", "unsafe"),
+    case(
+        "function VOLATILE",
+        "ALTER FUNCTION pgtenant.current_tenant() VOLATILE",
+        "signed.function_volatility",
+        "warning",
+    ),
+    case(
+        "function IMMUTABLE",
+        "ALTER FUNCTION pgtenant.current_tenant() IMMUTABLE",
+        "signed.function_volatility",
+        "unsafe",
+    ),
     case(
         "function not executable by the role",
         "REVOKE EXECUTE ON FUNCTION pgtenant.current_tenant() FROM app_user",
@@ -549,7 +564,8 @@ const SIGNED_CASES: &[Case] = &[
     ),
     case(
         "policy calling the function outside a subquery",
-        "CREATE POLICY per_row ON tool_calls FOR SELECT TO app_user USING (tenant_id = pgtenant.current_tenant()::uuid)",
+        "CREATE POLICY per_row ON tool_calls FOR SELECT TO app_user \
+         USING (tenant_id = pgtenant.current_tenant()::uuid)",
         "signed.policy_unwrapped",
         "warning",
     ),

@@ -121,6 +121,15 @@ async fn policy_usage_errors() {
     assert_eq!(out.status.code(), Some(1), "an unreachable database is a runtime failure");
     let out = pgtenant(&["policy", "--database-url", "postgres://u@127.0.0.1:1/app", "--key-owner", "keys"]);
     assert_eq!(out.status.code(), Some(2), "--key-owner needs --signed");
+    let out = pgtenant(&[
+        "policy",
+        "--database-url",
+        "postgres://u@127.0.0.1:1/app",
+        "--signed",
+        "--setting",
+        "pgtenant.proof",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     for owner in ["app_user", "Keys", "pg_keys"] {
         let out =
             pgtenant(&["policy", "--database-url", "postgres://u@127.0.0.1:1/app", "--signed", "--key-owner", owner]);
