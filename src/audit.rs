@@ -4,7 +4,8 @@
 //! - [`catalog`]: one read of the system catalogs into plain data.
 //! - [`checks`]: pure checks over that data, each yielding [`report::Finding`]s with an id,
 //!   a severity, the object, a one-line why and the SQL that fixes it.
-//! - [`policy`]: the idempotent RLS SQL for every tenant table (pure).
+//! - [`policy`]: the idempotent RLS SQL for every tenant table (pure), with [`signed`]: the
+//!   database side of the signed tenant context (key table, verifying function; pure).
 //! - [`probe`]: live isolation checks through a running proxy with two tenants' tokens.
 //! - [`report`]: human and JSON output, exit codes.
 //!
@@ -18,6 +19,7 @@ pub mod connect;
 pub mod policy;
 pub mod probe;
 pub mod report;
+pub mod signed;
 
 pub use catalog::{Catalog, Scope};
 pub use connect::Target;

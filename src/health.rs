@@ -1,6 +1,7 @@
 //! Readiness: is the upstream reachable, is the pooled role unable to bypass
-//! row-level security, does the RLS canary see its rows through the tenant
-//! injection path (and none without a tenant), and are we not draining?
+//! row-level security, in signed mode does the database accept this proxy's
+//! proofs, does the RLS canary see its rows through the tenant injection path
+//! (and none without a tenant), and are we not draining?
 //!
 //! A background task re-checks every `http.ready_check_seconds` on a
 //! connection borrowed from the pool (so `upstream.pool_size` stays the
@@ -39,6 +40,8 @@ pub struct Checks {
     pub upstream: String,
     /// `upstream.user` cannot bypass RLS (or the override is set).
     pub role: String,
+    /// Signed mode: `pgtenant.current_tenant()` accepts this proxy's proof.
+    pub signed: String,
     /// The canary tenant sees rows, and no tenant sees none.
     pub canary: String,
     /// Token verification keys are loaded.
@@ -61,6 +64,7 @@ impl Default for Health {
         let checks = Checks {
             upstream: PENDING.into(),
             role: PENDING.into(),
+            signed: PENDING.into(),
             canary: PENDING.into(),
             keys: PENDING.into(),
             draining: "ok".into(),
@@ -124,6 +128,7 @@ async fn check(shared: &Shared) -> Option<Readiness> {
     let mut checks = Checks {
         upstream: "ok".into(),
         role: "ok".into(),
+        signed: "ok".into(),
         canary: "ok".into(),
         keys: match shared.verifier.load().keys_ready() {
             Ok(()) => "ok".into(),
@@ -138,6 +143,7 @@ async fn check(shared: &Shared) -> Option<Readiness> {
         Err(_) => {
             checks.upstream = "timed out checking the upstream".into();
             checks.role = SKIPPED.into();
+            checks.signed = SKIPPED.into();
             checks.canary = SKIPPED.into();
         }
     }
@@ -153,12 +159,14 @@ async fn upstream_checks(shared: &Shared, checks: &mut Checks) -> bool {
         Err(PoolError::Timeout(_)) => return false,
         Err(PoolError::Connect(UpstreamError::UnsafeRole(why))) => {
             checks.role = why;
+            checks.signed = "skipped: the role check failed".into();
             checks.canary = "skipped: the role check failed".into();
             return true;
         }
         Err(PoolError::Connect(e)) => {
             checks.upstream = format!("cannot connect: {e}");
             checks.role = SKIPPED.into();
+            checks.signed = SKIPPED.into();
             checks.canary = SKIPPED.into();
             return true;
         }
@@ -176,6 +184,15 @@ async fn upstream_checks(shared: &Shared, checks: &mut Checks) -> bool {
         Err(e) => {
             checks.upstream = format!("upstream failed during the check: {e}");
             checks.role = SKIPPED.into();
+            checks.signed = SKIPPED.into();
+            checks.canary = SKIPPED.into();
+            return true;
+        }
+    }
+    match signed_check(shared, conn).await {
+        Ok(verdict) => checks.signed = verdict,
+        Err(e) => {
+            checks.signed = format!("upstream failed during the signed-mode check: {e}");
             checks.canary = SKIPPED.into();
             return true;
         }
@@ -219,10 +236,18 @@ async fn canary(shared: &Shared, conn: &mut ServerConn) -> Result<String, Upstre
         Err(e) => return Ok(format!("the canary query failed without a tenant: {e}")),
     };
     Ok(match (with_tenant, without) {
-        (0, _) => format!(
-            "the canary tenant {} sees 0 rows: tenant context injection is broken (or the seed rows are missing)",
-            tenant.as_str()
-        ),
+        (0, _) => match shared.config().tenant.mode.signing_key() {
+            None => format!(
+                "the canary tenant {} sees 0 rows: tenant context injection is broken (or the seed rows are missing)",
+                tenant.as_str()
+            ),
+            Some(key) => format!(
+                "the canary tenant {} sees 0 rows: is the signing key {} in pgtenant.signing_keys, and do the \
+                 policies call pgtenant.current_tenant()? (or the seed rows are missing)",
+                tenant.as_str(),
+                key.kid()
+            ),
+        },
         (_, n) if n > 0 => {
             format!("the canary query sees {n} rows with no tenant set: row-level security is not enforced")
         }
@@ -259,6 +284,38 @@ async fn with_tenant_count(
     })
 }
 
+/// A tenant id valid in both formats, used only to check that the database
+/// verifies this proxy's proofs; no rows belong to it.
+const CHECK_TENANT: &str = "00000000-0000-0000-0000-000000000000";
+
+/// Signed mode: binds a tenant and its proof exactly as client transactions
+/// get them and asks `pgtenant.current_tenant()` for the verdict, which needs
+/// no seed rows and tells a missing key from a missing setup.
+async fn signed_check(shared: &Shared, conn: &mut ServerConn) -> Result<String, UpstreamError> {
+    let config = shared.config();
+    let Some(key) = config.tenant.mode.signing_key() else {
+        return Ok("skipped: tenant.mode is plain".into());
+    };
+    let stmt = prepared::tenant_statement(&config.tenant.setting, true);
+    let proof = key.proof(CHECK_TENANT);
+    let params: [&[u8]; 2] = [CHECK_TENANT.as_bytes(), proof.as_bytes()];
+    let verify: &[u8] = b"SELECT pgtenant.current_tenant()";
+    Ok(match conn.extended_query(&[(&stmt.text, &params), (verify, &[])]).await? {
+        Ok(rows) => match rows.into_iter().nth(1).flatten().and_then(|row| row.into_iter().next().flatten()) {
+            Some(t) if t == CHECK_TENANT => "ok".into(),
+            _ => format!(
+                "the database does not accept this proxy's proofs: add its key (id {}) with \
+                 SELECT pgtenant.add_signing_key(...), see README \"Signed tenant context\"",
+                key.kid()
+            ),
+        },
+        Err(e) => format!(
+            "pgtenant.current_tenant() failed: {} ({}); run the SQL of pgtenant policy --signed",
+            e.message, e.code
+        ),
+    })
+}
+
 /// Runs a query whose first column of the first row is a count.
 async fn count(conn: &mut ServerConn, sql: &str) -> Result<Result<i64, String>, UpstreamError> {
     Ok(match conn.simple_query(sql).await? {
@@ -275,6 +332,7 @@ fn verdict(checks: Checks) -> Readiness {
     let all = [
         ("upstream", &checks.upstream),
         ("role", &checks.role),
+        ("signed", &checks.signed),
         ("canary", &checks.canary),
         ("keys", &checks.keys),
         ("draining", &checks.draining),
@@ -294,6 +352,7 @@ mod tests {
         Checks {
             upstream: "ok".into(),
             role: "ok".into(),
+            signed: "skipped: tenant.mode is plain".into(),
             canary: "skipped: http.canary_tenant is not set".into(),
             keys: "ok".into(),
             draining: "ok".into(),

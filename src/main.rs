@@ -75,6 +75,11 @@ enum Command {
     /// With --probe, run live isolation checks through a running proxy instead.
     Doctor(DoctorArgs),
     /// Print idempotent SQL that puts every table with the tenant column under row-level security.
+    ///
+    /// With --signed, the policies call pgtenant.current_tenant(), which returns the tenant only
+    /// when the proof the proxy sets with it (pgtenant.proof) matches a key loaded in
+    /// pgtenant.signing_keys: SQL that sets the tenant setting itself (a DO block, a pg_temp
+    /// function) then reaches no other tenant's rows.
     Policy(PolicyArgs),
 }
 
@@ -119,6 +124,12 @@ struct DoctorArgs {
     /// The table the probe writes its marker rows to [default: the first tenant table that takes one].
     #[arg(long, requires = "probe")]
     table: Option<String>,
+    /// Expect the signed tenant context (`policy --signed`): its absence is unsafe.
+    ///
+    /// Its checks (signed.*) run anyway whenever pgtenant.current_tenant() or
+    /// pgtenant.signing_keys exists.
+    #[arg(long, conflicts_with = "probe")]
+    signed: bool,
 }
 
 #[derive(Args)]
@@ -131,6 +142,18 @@ struct PolicyArgs {
     /// Also print the database hardening of SECURITY.md (revokes the ways around the proxy).
     #[arg(long)]
     harden: bool,
+    /// For tenant.mode = "signed": policies call pgtenant.current_tenant(), which checks the proof.
+    ///
+    /// Also creates the key-holder role (--key-owner), schema pgtenant with pgcrypto, the key
+    /// table pgtenant.signing_keys, the function and the helpers pgtenant.add_signing_key(key) /
+    /// pgtenant.remove_signing_key(kid), and keeps bound parameters (the proof) out of the
+    /// server log. Apply the output as a superuser, then load the proxies' key: the output ends
+    /// with how (it never contains a key). Until a key is loaded, every policy matches no rows.
+    #[arg(long)]
+    signed: bool,
+    /// With --signed: the NOLOGIN role that owns the keys and the function (created if missing).
+    #[arg(long, requires = "signed", default_value = pgtenant::audit::signed::DEFAULT_KEY_OWNER)]
+    key_owner: String,
 }
 
 fn main() -> ExitCode {
@@ -261,7 +284,7 @@ async fn run_doctor(args: &DoctorArgs) -> Result<Report, AuditError> {
     if !args.probe {
         let target = database.ok_or_else(|| AuditError::Usage("--database-url URL is required".into()))?;
         let catalog = Catalog::read(&target, &scope).await?;
-        return Ok(pgtenant::audit::checks::run(&catalog, &scope));
+        return Ok(pgtenant::audit::checks::run(&catalog, &scope, args.signed));
     }
     let missing = |flag: &str| AuditError::Usage(format!("--probe needs {flag}"));
     let options = ProbeOptions {
@@ -279,9 +302,20 @@ async fn run_doctor(args: &DoctorArgs) -> Result<Report, AuditError> {
 fn policy(args: PolicyArgs) -> ExitCode {
     let run = async {
         let scope = scope(&args.scope)?;
+        if args.signed && scope.setting == pgtenant::auth::signing::PROOF_SETTING {
+            return Err(AuditError::Usage("--setting: the tenant setting cannot be the proof's own".into()));
+        }
+        let signed = match args.signed {
+            true => Some(
+                pgtenant::audit::signed::key_owner_ident(&args.key_owner, &scope.role)
+                    .map_err(|e| AuditError::Usage(format!("--key-owner: {e}")))?,
+            ),
+            false => None,
+        };
         let target = Target::parse(&args.database_url)?;
         let catalog = Catalog::read(&target, &scope).await?;
-        Ok::<_, AuditError>(pgtenant::audit::policy::generate(&catalog, &scope, args.harden))
+        let options = pgtenant::audit::policy::Options { harden: args.harden, signed };
+        Ok::<_, AuditError>(pgtenant::audit::policy::generate(&catalog, &scope, &options))
     };
     match block_on(run) {
         Ok(sql) => {

@@ -8,7 +8,8 @@
 //! `tests/clients/node/package-lock.json` and `tests/clients/python/requirements.txt`, and
 //! are installed on first use (`npm ci`, `pip install --target`), once per lock file: a stamp
 //! next to the installed files says which lock file they came from. A missing `npm`,
-//! `python3` or `pip` fails these tests (`.ci/run` installs them).
+//! `python3` or `pip` fails these tests (`.ci/run` installs them). Each library suite
+//! also runs against a proxy in signed mode (`*_signed`), unchanged.
 
 mod support;
 
@@ -103,8 +104,29 @@ fn install_python_deps() -> Result<(), String> {
 // ---------------------------------------------------------------------------------------
 
 async fn start() -> (PgCluster, Proxy) {
+    start_in(Mode::Plain).await
+}
+
+/// `tenant.mode` of the proxy a suite runs against.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Plain,
+    /// Signed: the database verifies the tenant's proof (`pgtenant policy --signed`).
+    Signed,
+}
+
+const SIGNING_KEY: &str = "clients-signing-key-0123456789abcdef-0123";
+
+async fn start_in(mode: Mode) -> (PgCluster, Proxy) {
     let pg = PgCluster::start().await;
-    let proxy = Proxy::start(&pg, ProxyOptions::default().pool_size(POOL_SIZE)).await;
+    let options = match mode {
+        Mode::Plain => ProxyOptions::default(),
+        Mode::Signed => {
+            pg.make_signed(&[SIGNING_KEY]).await;
+            ProxyOptions::signed(SIGNING_KEY)
+        }
+    };
+    let proxy = Proxy::start(&pg, options.pool_size(POOL_SIZE)).await;
     (pg, proxy)
 }
 
@@ -188,13 +210,14 @@ async fn run(what: &str, mut cmd: tokio::process::Command, env: &[(String, Strin
 /// ran no test; `count_tests` reads the number of tests that passed from the output.
 async fn run_suite(
     what: &str,
+    mode: Mode,
     dir: PathBuf,
     program: &str,
     args: &[&str],
     extra_env: &[(&str, String)],
     count_tests: fn(&str) -> Option<u32>,
 ) {
-    let (pg, proxy) = start().await;
+    let (pg, proxy) = start_in(mode).await;
     let mut env = client_env(&pg, &proxy);
     env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.clone())));
     let mut cmd = tokio::process::Command::new(program);
@@ -225,18 +248,20 @@ fn unittest_tests_passed(output: &str) -> Option<u32> {
     output.lines().any(|l| l == "OK" || l.starts_with("OK (")).then_some(n)
 }
 
+async fn node_suite(file: &str, mode: Mode) {
+    node_deps();
+    let args = ["--test", file];
+    run_suite(&format!("node {file}"), mode, node_dir(), "node", &args, &[], node_tests_passed).await;
+}
+
 #[tokio::test]
 async fn node_postgres() {
-    node_deps();
-    let args = ["--test", "pg.test.mjs"];
-    run_suite("node-postgres suite", node_dir(), "node", &args, &[], node_tests_passed).await;
+    node_suite("pg.test.mjs", Mode::Plain).await;
 }
 
 #[tokio::test]
 async fn postgres_js() {
-    node_deps();
-    let args = ["--test", "postgres.test.mjs"];
-    run_suite("postgres.js suite", node_dir(), "node", &args, &[], node_tests_passed).await;
+    node_suite("postgres.test.mjs", Mode::Plain).await;
 }
 
 fn python_env() -> Vec<(&'static str, String)> {
@@ -244,18 +269,44 @@ fn python_env() -> Vec<(&'static str, String)> {
     vec![("PYTHONPATH", deps.display().to_string()), ("PYTHONDONTWRITEBYTECODE", "1".into())]
 }
 
+async fn python_suite(module: &str, mode: Mode) {
+    python_deps();
+    let args = ["-m", "unittest", "-v", module];
+    let what = format!("python {module}");
+    run_suite(&what, mode, python_dir(), PYTHON, &args, &python_env(), unittest_tests_passed).await;
+}
+
 #[tokio::test]
 async fn psycopg3() {
-    python_deps();
-    let args = ["-m", "unittest", "-v", "test_psycopg"];
-    run_suite("psycopg 3 suite", python_dir(), PYTHON, &args, &python_env(), unittest_tests_passed).await;
+    python_suite("test_psycopg", Mode::Plain).await;
 }
 
 #[tokio::test]
 async fn asyncpg() {
-    python_deps();
-    let args = ["-m", "unittest", "-v", "test_asyncpg"];
-    run_suite("asyncpg suite", python_dir(), PYTHON, &args, &python_env(), unittest_tests_passed).await;
+    python_suite("test_asyncpg", Mode::Plain).await;
+}
+
+// The same suites against a proxy in signed mode, where the database checks
+// each transaction's tenant proof: the drivers must not notice any difference.
+
+#[tokio::test]
+async fn node_postgres_signed() {
+    node_suite("pg.test.mjs", Mode::Signed).await;
+}
+
+#[tokio::test]
+async fn postgres_js_signed() {
+    node_suite("postgres.test.mjs", Mode::Signed).await;
+}
+
+#[tokio::test]
+async fn psycopg3_signed() {
+    python_suite("test_psycopg", Mode::Signed).await;
+}
+
+#[tokio::test]
+async fn asyncpg_signed() {
+    python_suite("test_asyncpg", Mode::Signed).await;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 //! `pgtenant doctor`: the hardened reference schema is clean, each deliberately broken database
 //! is flagged by exactly the check for its failure mode, and `doctor --probe` passes through a
-//! proxy that isolates tenants and fails through one whose upstream role bypasses RLS.
+//! proxy that isolates tenants and fails through one whose upstream role bypasses RLS. The same
+//! for the signed tenant context: the hardened `policy --signed` reference is clean, and each
+//! way to break it is flagged by exactly its `signed.*` check.
 
 mod support;
 
@@ -26,7 +28,13 @@ fn url(pg: &PgCluster, db: &str) -> String {
 
 /// `doctor --json` on `db`: (exit code, report).
 fn doctor(pg: &PgCluster, db: &str) -> (i32, Value) {
-    let out = pgtenant(&["doctor", "--json", "--database-url", &url(pg, db)]);
+    doctor_with(pg, db, &[])
+}
+
+/// `doctor --json <flags>` on `db`: (exit code, report).
+fn doctor_with(pg: &PgCluster, db: &str, flags: &[&str]) -> (i32, Value) {
+    let url = url(pg, db);
+    let out = pgtenant(&[&["doctor", "--json", "--database-url", &url][..], flags].concat());
     let report: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("doctor output is not JSON ({e}):\n{}\n{}", text(&out.stdout), text(&out.stderr)));
     (out.status.code().expect("exit code"), report)
@@ -76,10 +84,12 @@ struct Case {
     severity: &'static str,
     /// A string the finding's object must contain, when it matters.
     object: &'static str,
+    /// Extra doctor flags.
+    flags: &'static [&'static str],
 }
 
 const fn case(name: &'static str, break_sql: &'static str, id: &'static str, severity: &'static str) -> Case {
-    Case { name, break_sql, undo_sql: "", id, severity, object: "" }
+    Case { name, break_sql, undo_sql: "", id, severity, object: "", flags: &[] }
 }
 
 const fn global(
@@ -89,7 +99,7 @@ const fn global(
     id: &'static str,
     severity: &'static str,
 ) -> Case {
-    Case { name, break_sql, undo_sql, id, severity, object: "" }
+    Case { name, break_sql, undo_sql, id, severity, object: "", flags: &[] }
 }
 
 const CASES: &[Case] = &[
@@ -141,6 +151,7 @@ const CASES: &[Case] = &[
         id: "table.rls_disabled",
         severity: "unsafe",
         object: "partition public.tool_runs_2026 (of public.tool_runs)",
+        flags: &[],
     },
     case("RLS not forced", "ALTER TABLE tool_calls NO FORCE ROW LEVEL SECURITY", "table.rls_not_forced", "warning"),
     case(
@@ -284,6 +295,15 @@ const CASES: &[Case] = &[
         "",
         "",
     ),
+    Case {
+        name: "--signed without the signed context",
+        break_sql: "",
+        undo_sql: "",
+        id: "signed.missing",
+        severity: "unsafe",
+        object: "schema pgtenant",
+        flags: &["--signed"],
+    },
 ];
 
 /// Runs one case in database `db` (a fresh copy of the hardened template); a mismatch is returned.
@@ -294,7 +314,7 @@ async fn run_case(pg: &PgCluster, db: &str, case: &Case) -> Result<(), String> {
         .await
         .map_err(|e| format!("{}: break SQL failed: {e:?}", case.name))?;
     drop(client);
-    let (code, report) = doctor(pg, db);
+    let (code, report) = doctor_with(pg, db, case.flags);
     let found = serious(&report);
     let expected: Vec<(String, String)> = match case.id {
         "" => Vec::new(),
@@ -315,6 +335,24 @@ async fn run_case(pg: &PgCluster, db: &str, case: &Case) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Runs every case in its own copy of database `app`; panics listing the cases that failed.
+async fn run_cases(pg: &PgCluster, admin: &Client, cases: &[Case]) {
+    let mut failures = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let db = format!("case_{i}");
+        copy_of_app(admin, &db).await;
+        if let Err(e) = run_case(pg, &db, case).await {
+            failures.push(e);
+        }
+        if !case.undo_sql.is_empty() {
+            let client = pg.connect_as("postgres", "", &db).await;
+            client.batch_execute(case.undo_sql).await.unwrap_or_else(|e| panic!("{}: undo failed: {e:?}", case.name));
+        }
+        admin.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).await.expect("drop case database");
+    }
+    assert!(failures.is_empty(), "{} of {} cases failed:\n\n{}", failures.len(), cases.len(), failures.join("\n\n"));
 }
 
 /// A fresh copy of database `app` named `db`, with the database-level settings a template
@@ -358,6 +396,13 @@ async fn doctor_passes_the_hardened_reference_and_flags_each_failure_mode() {
     drop(su);
     let (code, report) = doctor(&pg, "app");
     assert_eq!((code, serious(&report)), (0, Vec::new()), "{report:#}");
+    let signed: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["id"].as_str().unwrap().starts_with("signed."))
+        .collect();
+    assert!(signed.is_empty(), "a plain database gets no signed findings: {signed:#?}");
     let objects = report["objects"].to_string();
     assert!(objects.contains("partition public.tool_runs_2026 (of public.tool_runs)"), "{objects}");
     let human = pgtenant(&["doctor", "--database-url", &url(&pg, "app")]);
@@ -367,20 +412,7 @@ async fn doctor_passes_the_hardened_reference_and_flags_each_failure_mode() {
     assert!(human.contains("0 unsafe, 0 warning(s)"), "{human}");
 
     let admin = pg.connect_as("postgres", "", "postgres").await;
-    let mut failures = Vec::new();
-    for (i, case) in CASES.iter().enumerate() {
-        let db = format!("case_{i}");
-        copy_of_app(&admin, &db).await;
-        if let Err(e) = run_case(&pg, &db, case).await {
-            failures.push(e);
-        }
-        if !case.undo_sql.is_empty() {
-            let client = pg.connect_as("postgres", "", &db).await;
-            client.batch_execute(case.undo_sql).await.unwrap_or_else(|e| panic!("{}: undo failed: {e:?}", case.name));
-        }
-        admin.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).await.expect("drop case database");
-    }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n\n{}", failures.len(), CASES.len(), failures.join("\n\n"));
+    run_cases(&pg, &admin, CASES).await;
 
     // A server-wide value of the setting (postgresql.conf): every session starts as that tenant.
     let conf = pg.data_dir().join("pgtenant-test.conf");
@@ -392,6 +424,211 @@ async fn doctor_passes_the_hardened_reference_and_flags_each_failure_mode() {
     std::fs::write(&conf, original).expect("restore conf");
     admin.batch_execute("SELECT pg_reload_conf()").await.expect("reload");
     assert_eq!((code, serious(&report)), (2, vec![("setting.server_default".into(), "unsafe".into())]), "{report:#}");
+}
+
+/// The reference schema's own policies read the setting directly: signed mode replaces them.
+const DROP_REFERENCE_POLICIES: &str = "
+    DO $$
+    DECLARE t text; c text;
+    BEGIN
+      FOREACH t IN ARRAY ARRAY['tool_calls', 'tool_events', 'tenant_config'] LOOP
+        FOREACH c IN ARRAY ARRAY['select', 'insert', 'update', 'delete'] LOOP
+          EXECUTE format('DROP POLICY %I ON %I', t || '_' || c, t);
+        END LOOP;
+      END LOOP;
+    END $$;";
+
+/// A key for the signed reference (doctor only needs one to be loaded).
+const SIGNING_KEY: &str = "pgtenant-doctor-test-signing-key-0123456789";
+
+/// `pgtenant.current_tenant()` re-created with everything right but the proof check.
+const TRUSTING_FUNCTION: &str = "CREATE OR REPLACE FUNCTION pgtenant.current_tenant() RETURNS text \
+     LANGUAGE sql STABLE SECURITY DEFINER PARALLEL SAFE SET search_path = pg_catalog, pg_temp \
+     AS $$ SELECT NULLIF(current_setting('app.current_tenant_id', true), '') $$";
+
+/// Each way to break the hardened signed reference, with the one check that must flag it.
+const SIGNED_CASES: &[Case] = &[
+    case(
+        "key table readable by the role",
+        "GRANT SELECT ON pgtenant.signing_keys TO app_user",
+        "signed.key_table_access",
+        "unsafe",
+    ),
+    case(
+        "key column readable by PUBLIC",
+        "GRANT SELECT (key) ON pgtenant.signing_keys TO PUBLIC",
+        "signed.key_table_access",
+        "unsafe",
+    ),
+    global(
+        "key table writable through a role",
+        "CREATE ROLE key_writers; GRANT INSERT ON pgtenant.signing_keys TO key_writers; GRANT key_writers TO app_user",
+        "DROP OWNED BY key_writers; DROP ROLE key_writers",
+        "signed.key_table_access",
+        "unsafe",
+    ),
+    case(
+        "TRUNCATE on the key table",
+        "GRANT TRUNCATE ON pgtenant.signing_keys TO app_user",
+        "signed.key_table_access",
+        "unsafe",
+    ),
+    global(
+        "member of the key holder",
+        "GRANT pgtenant_keyholder TO app_user",
+        "REVOKE pgtenant_keyholder FROM app_user",
+        "signed.key_holder_member",
+        "unsafe",
+    ),
+    case("CREATE on schema pgtenant", "GRANT CREATE ON SCHEMA pgtenant TO app_user", "signed.schema_create", "unsafe"),
+    case(
+        "add_signing_key executable by the role",
+        "GRANT EXECUTE ON FUNCTION pgtenant.add_signing_key(text) TO app_user",
+        "signed.key_functions",
+        "unsafe",
+    ),
+    case(
+        "another key-holder function for PUBLIC",
+        "CREATE FUNCTION pgtenant.key_count() RETURNS bigint LANGUAGE sql SECURITY DEFINER \
+         SET search_path = pg_catalog AS 'SELECT count(*) FROM pgtenant.signing_keys'; \
+         ALTER FUNCTION pgtenant.key_count() OWNER TO pgtenant_keyholder",
+        "signed.key_functions",
+        "unsafe",
+    ),
+    case(
+        "function not SECURITY DEFINER",
+        "ALTER FUNCTION pgtenant.current_tenant() SECURITY INVOKER",
+        "signed.function_definer",
+        "unsafe",
+    ),
+    case(
+        "function without a pinned search_path",
+        "ALTER FUNCTION pgtenant.current_tenant() RESET search_path",
+        "signed.function_search_path",
+        "unsafe",
+    ),
+    case(
+        "function owned by the role",
+        "ALTER FUNCTION pgtenant.current_tenant() OWNER TO app_user",
+        "signed.function_owner",
+        "unsafe",
+    ),
+    case(
+        "function owned by a superuser",
+        "ALTER FUNCTION pgtenant.current_tenant() OWNER TO postgres",
+        "signed.function_owner",
+        "warning",
+    ),
+    case(
+        "function VOLATILE",
+        "ALTER FUNCTION pgtenant.current_tenant() VOLATILE",
+        "signed.function_volatility",
+        "warning",
+    ),
+    case(
+        "function IMMUTABLE",
+        "ALTER FUNCTION pgtenant.current_tenant() IMMUTABLE",
+        "signed.function_volatility",
+        "unsafe",
+    ),
+    case(
+        "function not executable by the role",
+        "REVOKE EXECUTE ON FUNCTION pgtenant.current_tenant() FROM app_user",
+        "signed.function_denied",
+        "warning",
+    ),
+    case("function that trusts the setting", TRUSTING_FUNCTION, "signed.function_trusts_setting", "unsafe"),
+    case("function without pgcrypto", "DROP EXTENSION pgcrypto", "signed.function_fails", "warning"),
+    case("no key loaded", "DELETE FROM pgtenant.signing_keys", "signed.no_keys", "warning"),
+    case("key table dropped", "DROP TABLE pgtenant.signing_keys", "signed.missing", "unsafe"),
+    case(
+        "policy reading the setting directly",
+        "CREATE POLICY legacy_read ON tool_calls FOR SELECT TO app_user \
+         USING (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid))",
+        "signed.policy_reads_setting",
+        "unsafe",
+    ),
+    case(
+        "plain pgtenant policy left over",
+        "DROP POLICY pgtenant_delete ON tool_events; CREATE POLICY pgtenant_delete ON tool_events FOR DELETE \
+         TO app_user USING (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid))",
+        "signed.policy_reads_setting",
+        "unsafe",
+    ),
+    case(
+        "restrictive policy reading the setting is fine",
+        "CREATE POLICY narrow ON tool_calls AS RESTRICTIVE FOR SELECT TO app_user \
+         USING (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid))",
+        "",
+        "",
+    ),
+    case(
+        "policy calling the function outside a subquery",
+        "CREATE POLICY per_row ON tool_calls FOR SELECT TO app_user \
+         USING (tenant_id = pgtenant.current_tenant()::uuid)",
+        "signed.policy_unwrapped",
+        "warning",
+    ),
+    global(
+        "bound parameters logged",
+        "ALTER ROLE app_user RESET log_parameter_max_length",
+        "ALTER ROLE app_user SET log_parameter_max_length = 0",
+        "signed.log_parameters",
+        "warning",
+    ),
+];
+
+#[tokio::test]
+async fn doctor_passes_the_signed_reference_and_flags_each_way_to_break_it() {
+    let pg = PgCluster::start().await;
+    let su = pg.superuser().await;
+    su.batch_execute(DROP_REFERENCE_POLICIES).await.expect("drop the reference policies");
+
+    // `policy --signed --harden`, applied twice, and one key: clean.
+    let out = pgtenant(&["policy", "--signed", "--harden", "--database-url", &url(&pg, "app")]);
+    assert_eq!(out.status.code(), Some(0), "policy failed: {}", text(&out.stderr));
+    let sql = text(&out.stdout);
+    for round in 1..=2 {
+        su.batch_execute(&sql).await.unwrap_or_else(|e| panic!("round {round}: {e:?}\n{sql}"));
+    }
+    su.query("SELECT pgtenant.add_signing_key($1)", &[&SIGNING_KEY]).await.expect("load a key");
+    drop(su);
+    let (code, report) = doctor_with(&pg, "app", &["--signed"]);
+    assert_eq!((code, serious(&report)), (0, Vec::new()), "{report:#}");
+    let signed: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["id"].as_str().unwrap().starts_with("signed."))
+        .collect();
+    assert!(signed.is_empty(), "not even info: {signed:#?}");
+    let human = pgtenant(&["doctor", "--database-url", &url(&pg, "app")]);
+    let human = text(&human.stdout);
+    assert!(human.contains("function pgtenant.current_tenant()\n  ok\n"), "{human}");
+    assert!(human.contains("table pgtenant.signing_keys\n  ok\n"), "{human}");
+
+    // doctor as a role that can read the catalogs but neither the keys nor call the function
+    // (set_config is revoked from PUBLIC by --harden): those two checks say they were skipped.
+    let su = pg.superuser().await;
+    su.batch_execute("CREATE ROLE auditor LOGIN PASSWORD 'auditor-password'").await.expect("auditor");
+    let auditor = format!("postgres://auditor:auditor-password@127.0.0.1:{}/app?sslmode=disable", pg.port());
+    let out = pgtenant(&["doctor", "--json", "--database-url", &auditor]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stderr)));
+    let mut signed: Vec<(String, String)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["id"].as_str().unwrap().starts_with("signed."))
+        .map(|f| (f["id"].as_str().unwrap().to_string(), f["severity"].as_str().unwrap().to_string()))
+        .collect();
+    signed.sort();
+    let skipped = ["signed.function_untested", "signed.keys_unreadable"].map(|id| (id.to_string(), "info".to_string()));
+    assert_eq!(signed, skipped, "{report:#}");
+    su.batch_execute("DROP ROLE auditor").await.expect("drop auditor");
+    drop(su);
+
+    let admin = pg.connect_as("postgres", "", "postgres").await;
+    run_cases(&pg, &admin, SIGNED_CASES).await;
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 //! are evaluated for the audited role with `has_*_privilege` and `pg_has_role`.
 
 mod privileges;
+mod signed;
 mod tables;
 
 use tokio_postgres::{Client, Row};
@@ -62,6 +63,81 @@ pub struct Catalog {
     pub role_settings: Vec<RoleSetting>,
     /// The setting's value in every new session, from the server configuration, if any.
     pub server_setting_value: Option<String>,
+    /// The schema pgcrypto is installed in, quoted; `None` when it is not installed.
+    pub pgcrypto_schema: Option<String>,
+    /// The signed tenant context, when its function or its key table exists.
+    pub signed: Option<SignedSetup>,
+}
+
+/// The objects of the signed tenant context (`pgtenant policy --signed`), as the role sees them.
+#[derive(Debug, Clone, Default)]
+pub struct SignedSetup {
+    /// The owner of schema `pgtenant`, quoted; `None` when the schema does not exist.
+    pub schema_owner: Option<String>,
+    /// The role can CREATE in schema `pgtenant` (as its owner, a member or a grantee).
+    pub schema_create: bool,
+    /// `pgtenant.current_tenant()`, if it exists.
+    pub function: Option<SignedFunction>,
+    /// `pgtenant.signing_keys`, if it exists.
+    pub key_table: Option<KeyTable>,
+    /// Owners of the schema, the function or the key table that the role is a member of
+    /// (not the role itself), quoted.
+    pub member_of_owners: Vec<String>,
+    /// Other SECURITY DEFINER functions of those owners that the role can execute (they run
+    /// with access to the keys, e.g. `add_signing_key`), as signatures.
+    pub key_functions: Vec<String>,
+    /// The value each of [`crate::audit::signed::LOG_PARAMETER_SETTINGS`] has in new sessions
+    /// of the role: (name, value); empty before PostgreSQL 13.
+    pub log_parameters: Vec<(String, String)>,
+}
+
+/// `pgtenant.current_tenant()`.
+#[derive(Debug, Clone, Default)]
+pub struct SignedFunction {
+    /// The owner, quoted.
+    pub owner: String,
+    /// The owner is a superuser.
+    pub owner_superuser: bool,
+    /// The owner is the role itself.
+    pub owned_by_role: bool,
+    /// `prosecdef`.
+    pub security_definer: bool,
+    /// `proconfig` sets `search_path`.
+    pub search_path_pinned: bool,
+    /// Schemas in that `search_path` the role can CREATE in, quoted.
+    pub search_path_writable: Vec<String>,
+    /// `provolatile`: `i` immutable, `s` stable, `v` volatile.
+    pub volatility: char,
+    /// The role can call it (EXECUTE on it and USAGE on its schema).
+    pub executable: bool,
+    /// What it returned when doctor called it with a forged proof.
+    pub behaviour: Behaviour,
+}
+
+/// What `pgtenant.current_tenant()` did when doctor called it with the tenant setting set and
+/// a proof that cannot be right (none, then a wrong one for a loaded key id).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Behaviour {
+    /// NULL both times, as it must.
+    Refuses,
+    /// It returned the forged tenant: it does not check the proof.
+    Trusts,
+    /// The call failed with this error (so would every query of the role).
+    Fails(String),
+    /// Doctor could not call it, for this reason.
+    #[default]
+    Untested,
+}
+
+/// `pgtenant.signing_keys`.
+#[derive(Debug, Clone, Default)]
+pub struct KeyTable {
+    /// The owner, quoted.
+    pub owner: String,
+    /// The role's privileges on it (directly, through PUBLIC or roles, or on some column).
+    pub role_privileges: Vec<String>,
+    /// How many keys are loaded; `None` when doctor's own user cannot read the table.
+    pub rows: Option<i64>,
 }
 
 /// The audited role.
@@ -167,6 +243,8 @@ pub struct Policy {
     pub using: Option<String>,
     /// `WITH CHECK` expression as `pg_get_expr` prints it.
     pub check: Option<String>,
+    /// It calls `pgtenant.current_tenant()` (per `pg_depend`, however the expression prints it).
+    pub calls_signed: bool,
 }
 
 /// One index of a tenant table.
@@ -279,6 +357,8 @@ impl Catalog {
         catalog.unpinned_definers = unpinned_definers(client, &scope.role).await?;
         catalog.role_settings = role_settings(client, &scope.role, &scope.setting).await?;
         catalog.server_setting_value = server_setting_value(client, &scope.setting).await?;
+        catalog.pgcrypto_schema = signed::pgcrypto_schema(client).await?;
+        catalog.signed = signed::signed_setup(client, scope, catalog.server_version_num).await?;
         Ok(catalog)
     }
 

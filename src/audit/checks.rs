@@ -3,20 +3,23 @@
 //! - [`role`]: the pooled role's attributes, memberships and ownerships;
 //! - [`table`]: every tenant table, partition and child: RLS, policies, indexes, keys, grants;
 //! - [`bypass`]: the ways around the proxy (code it never sees, settings, views, functions);
-//! - [`version`]: the server version against the RLS security fixes.
+//! - [`version`]: the server version against the RLS security fixes;
+//! - [`signed`]: the signed tenant context (`pgtenant policy --signed`), when it is there or expected.
 //!
 //! Check ids are stable (scripts match on them); the list is in README.md.
 
 pub mod bypass;
 pub mod role;
+pub mod signed;
 pub mod table;
 pub mod version;
 
 use super::catalog::{Catalog, Scope};
 use super::report::Report;
 
-/// Runs every check and returns the report, with one object per role, table and view.
-pub fn run(catalog: &Catalog, scope: &Scope) -> Report {
+/// Runs every check and returns the report, with one object per role, table and view. With
+/// `expect_signed` (`doctor --signed`), a missing signed tenant context is unsafe.
+pub fn run(catalog: &Catalog, scope: &Scope, expect_signed: bool) -> Report {
     let mut report = Report { kind: "doctor", ..Report::default() };
     report.context = vec![
         ("database".into(), catalog.database.clone()),
@@ -31,14 +34,26 @@ pub fn run(catalog: &Catalog, scope: &Scope) -> Report {
     for table in &catalog.tables {
         report.object(table.label());
     }
+    if let Some(setup) = &catalog.signed {
+        report.object(signed::SCHEMA_OBJECT);
+        if setup.function.is_some() {
+            report.object(signed::FUNCTION_OBJECT);
+        }
+        if setup.key_table.is_some() {
+            report.object(signed::KEY_TABLE_OBJECT);
+        }
+    }
     let superuser = catalog.role.as_ref().is_some_and(|r| r.superuser);
+    let signed_findings = signed::check(catalog, scope, expect_signed);
+    let signed_enforced = signed::enforced(catalog, &signed_findings);
     report.findings.extend(version::check(catalog));
     report.findings.extend(role::check(catalog, scope));
     report.findings.extend(table::check(catalog, scope, superuser));
     if !superuser {
         // A superuser has every privilege: the findings below would only repeat that.
-        report.findings.extend(bypass::check(catalog, scope));
+        report.findings.extend(bypass::check(catalog, scope, signed_enforced));
     }
+    report.findings.extend(signed_findings);
     report
 }
 

@@ -16,6 +16,15 @@ use aws_lc_rs::{digest, hmac};
 /// The transaction-local setting that carries the proof.
 pub const PROOF_SETTING: &str = "pgtenant.proof";
 
+/// Session-level settings that carry the tenant and its proof across the
+/// transactions of one simple Query (see `session::inject::copy_statement`).
+/// They only ever hold the attached client's own values, and are cleared
+/// before the server connection goes back to the pool.
+pub const CARRY_TENANT_SETTING: &str = "pgtenant.carry_tenant";
+
+/// The carried proof; see [`CARRY_TENANT_SETTING`].
+pub const CARRY_PROOF_SETTING: &str = "pgtenant.carry_proof";
+
 /// Version tag at the front of every proof.
 pub const PROOF_VERSION: &str = "v1";
 

@@ -74,6 +74,12 @@ pub struct Session {
     signed: bool,
     /// The signed-mode proof for this tenant and the id of the key it was made with.
     proof: Option<(String, Bytes)>,
+    /// Signed mode: the attached server holds this client's tenant and proof
+    /// in the session-level carry settings (cleared before it goes back).
+    carry_ready: bool,
+    /// Signed mode: the statement that copies the carried values into the
+    /// transaction-local settings, inside a Query text.
+    copy_stmt: Bytes,
     /// This client's tenant as the pool knows it (per-tenant cap, fair turns).
     owner: Owner,
     /// Counts this client in its tenant's metrics while it is connected.
@@ -229,6 +235,8 @@ impl Session {
             tenant_select: Arc::new(prepared::tenant_statement(&setting, signed)),
             signed,
             proof: None,
+            carry_ready: false,
+            copy_stmt: Bytes::from(inject::copy_statement(&setting)),
             owner: Owner::tenant(&tenant),
             counted,
             attached_at: Instant::now(),
@@ -382,6 +390,7 @@ impl Session {
         self.attached_at = Instant::now();
         self.server_status = IDLE;
         self.unnamed_on_server = false;
+        self.carry_ready = false;
         self.sync_settings();
         Ok(())
     }
@@ -440,6 +449,32 @@ impl Session {
     /// the same Query are sent ahead as their own steps; see [`inject::plan_signed`].
     fn signed_query(&mut self, msg: &Bytes, sql: &Bytes, insp: &Inspection, needs_tenant: bool) {
         let plan = inject::plan_signed(insp, needs_tenant);
+        if plan.pending {
+            self.reinject = true;
+        }
+        // Outside any transaction (or once the carry is set) the whole text
+        // stays one Query, with the tenant copied in from the carry settings
+        // where each transaction needs it: PostgreSQL then parses all of it
+        // before running any of it, exactly as without the proxy.
+        let outside = self.predicted == Some(IDLE) && !self.unit_open;
+        if plan.splits() && (outside || self.carry_ready) {
+            if !self.carry_ready {
+                // Its own implicit transaction (the Sync commits it), so it
+                // takes no snapshot in the client's transaction.
+                self.push_carry_steps();
+                build::sync(&mut self.sout);
+                self.outstanding.push(Pending::HiddenSync { forward: false });
+                self.carry_ready = true;
+            }
+            let rw = inject::rewrite_at(sql, insp, &plan.points, &self.copy_stmt);
+            build::query(&mut self.sout, &rw.text);
+            let roles = rw.roles.clone();
+            self.outstanding.push(Pending::Query(QueryPlan::new(roles, Some(rw.into_map()))));
+            return;
+        }
+        // Inside a transaction block whose tenant is still pending: the carry
+        // cannot be set now without a snapshot, so statements before the last
+        // transaction start go ahead as their own steps.
         if plan
             .early
             .iter()
@@ -453,9 +488,6 @@ impl Session {
             build::query(&mut self.sout, inject::STAND_IN);
             self.outstanding.push(Pending::Query(QueryPlan::new(vec![Role::StandIn(refused)], None)));
             return;
-        }
-        if plan.pending {
-            self.reinject = true;
         }
         let ahead = !plan.early.is_empty() || plan.tenant_before_tail;
         for piece in &plan.early {
@@ -628,6 +660,12 @@ impl Session {
         if self.start_capture() {
             return;
         }
+        if std::mem::take(&mut self.carry_ready) {
+            // Its own transaction: no rollback can bring the values back.
+            build::query(&mut self.sout, inject::CLEAR_CARRY.as_bytes());
+            self.outstanding.push(Pending::Internal { capture: false });
+            return;
+        }
         if let Some(pooled) = self.server.take() {
             self.count_transaction();
             *self.cancel.slot.lock().await = None;
@@ -691,8 +729,13 @@ impl Session {
         self.count_transaction();
         *self.cancel.slot.lock().await = None;
         let settled = self.changed.is_empty() && !self.reset_all && self.sout.is_empty();
-        let clean =
-            self.outstanding.is_empty() && !self.unit_open && self.server_status == IDLE && !self.dirty && settled;
+        // A connection still carrying this client's proof is never reused.
+        let clean = self.outstanding.is_empty()
+            && !self.unit_open
+            && self.server_status == IDLE
+            && !self.dirty
+            && !self.carry_ready
+            && settled;
         if clean && pooled.conn.rbuf.is_empty() {
             self.shared.pool.checkin(pooled);
             return;

@@ -225,6 +225,16 @@ pub struct SignedPlan {
     /// A transaction is left open (or chained) without a tenant yet: the next
     /// statement that is not transaction setup must get it.
     pub pending: bool,
+    /// The statements that need the tenant right before them, in order.
+    pub points: Vec<usize>,
+}
+
+impl SignedPlan {
+    /// Whether the tenant is needed somewhere other than before the first
+    /// statement, so the Query cannot simply follow the bound tenant statement.
+    pub fn splits(&self) -> bool {
+        !self.early.is_empty()
+    }
 }
 
 /// Plans a signed-mode Query. `needs_tenant`: the Query starts a transaction
@@ -234,6 +244,16 @@ pub struct SignedPlan {
 /// their own extended-protocol steps, so that an error among them still
 /// skips everything after it, as in one Query.
 pub fn plan_signed(insp: &Inspection, needs_tenant: bool) -> SignedPlan {
+    if insp.lex_error {
+        // The whole text becomes one failing stand-in: nothing runs that needs a tenant.
+        return SignedPlan {
+            early: Vec::new(),
+            tail: 0,
+            tenant_before_tail: false,
+            pending: false,
+            points: Vec::new(),
+        };
+    }
     let n = insp.statements.len();
     let mut points = Vec::new();
     let mut need = needs_tenant;
@@ -248,7 +268,7 @@ pub fn plan_signed(insp: &Inspection, needs_tenant: bool) -> SignedPlan {
     }
     let Some(&last) = points.last() else {
         // Nothing needs a tenant now (or everything is setup): one plain Query.
-        return SignedPlan { early: Vec::new(), tail: 0, tenant_before_tail: false, pending: need };
+        return SignedPlan { early: Vec::new(), tail: 0, tenant_before_tail: false, pending: need, points };
     };
     let mut early = Vec::new();
     for i in 0..last {
@@ -257,7 +277,44 @@ pub fn plan_signed(insp: &Inspection, needs_tenant: bool) -> SignedPlan {
         }
         early.push(Piece::Statement(i));
     }
-    SignedPlan { early, tail: last, tenant_before_tail: true, pending: need }
+    SignedPlan { early, tail: last, tenant_before_tail: true, pending: need, points }
+}
+
+/// Signed mode: the tenant statement used *inside* a Query text. It copies the
+/// tenant and proof that [`crate::session::prepared::carry_statement`] stored
+/// (as bound parameters) into the transaction-local settings, so neither ever
+/// appears in the text; `current_setting` without `missing_ok` makes a missing
+/// carry an error, never a silent empty tenant.
+pub fn copy_statement(setting: &str) -> Vec<u8> {
+    use crate::auth::signing::{CARRY_PROOF_SETTING, CARRY_TENANT_SETTING, PROOF_SETTING};
+    format!(
+        "SELECT pg_catalog.set_config('{setting}', pg_catalog.current_setting('{CARRY_TENANT_SETTING}'), true), \
+         pg_catalog.set_config('{PROOF_SETTING}', pg_catalog.current_setting('{CARRY_PROOF_SETTING}'), true)"
+    )
+    .into_bytes()
+}
+
+/// Empties the carried tenant and proof, run on its own before the server
+/// connection goes back to the pool: outside any transaction block, so no
+/// later rollback can bring them back.
+pub const CLEAR_CARRY: &str = "SELECT pg_catalog.set_config('pgtenant.carry_tenant', '', false), \
+     pg_catalog.set_config('pgtenant.carry_proof', '', false)";
+
+/// Rewrites a Query with `tenant_stmt` right before each statement in
+/// `points` (and stand-ins for refused statements): one Query, so PostgreSQL
+/// still parses the whole text before running any of it.
+pub fn rewrite_at(sql: &Bytes, insp: &Inspection, points: &[usize], tenant_stmt: &[u8]) -> Rewrite {
+    let mut b = Builder::new(sql);
+    for (i, st) in insp.statements.iter().enumerate() {
+        if points.contains(&i) {
+            b.insert(st.span.start, &[tenant_stmt, b"; "].concat(), Role::Hidden);
+        }
+        match refusal(st) {
+            Some(r) => b.replace(st.span.clone(), STAND_IN, Role::StandIn(r)),
+            None => b.roles.push(Role::Client),
+        }
+    }
+    b.finish()
 }
 
 /// Whether the tenant must be set again right after this statement.
@@ -400,19 +457,19 @@ mod tests {
     #[test]
     fn signed_plain_query_gets_the_tenant_in_front() {
         let p = plan("SELECT 1; SELECT 2", true);
-        assert_eq!(p, SignedPlan { early: vec![], tail: 0, tenant_before_tail: true, pending: false });
+        assert_eq!((p.splits(), p.pending, p.points), (false, false, vec![0]));
         let inside = plan("SELECT 1", false);
-        assert_eq!(inside, SignedPlan { early: vec![], tail: 0, tenant_before_tail: false, pending: false });
+        assert_eq!((inside.points, inside.tenant_before_tail, inside.pending), (vec![], false, false));
     }
 
     #[test]
     fn signed_setup_statements_run_before_the_tenant() {
         let p = plan("BEGIN ISOLATION LEVEL SERIALIZABLE; SET TRANSACTION READ ONLY; SELECT 1; SELECT 2", true);
         let early = vec![Piece::Statement(0), Piece::Statement(1)];
-        assert_eq!(p, SignedPlan { early, tail: 2, tenant_before_tail: true, pending: false });
+        assert_eq!(p, SignedPlan { early, tail: 2, tenant_before_tail: true, pending: false, points: vec![2] });
         // A Query of setup statements only leaves the tenant for later.
         let alone = plan("BEGIN ISOLATION LEVEL REPEATABLE READ", true);
-        assert_eq!(alone, SignedPlan { early: vec![], tail: 0, tenant_before_tail: false, pending: true });
+        assert_eq!((alone.points, alone.tenant_before_tail, alone.pending), (vec![], false, true));
         assert!(!plan("BEGIN", false).pending, "inside a transaction that has its tenant");
     }
 
@@ -420,11 +477,39 @@ mod tests {
     fn signed_commit_followed_by_more_splits_the_query() {
         let p = plan("INSERT INTO t VALUES (1); COMMIT; BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT 1", true);
         let early = vec![Piece::Tenant, Piece::Statement(0), Piece::Statement(1), Piece::Statement(2)];
-        assert_eq!(p, SignedPlan { early, tail: 3, tenant_before_tail: true, pending: false });
+        assert_eq!(p, SignedPlan { early, tail: 3, tenant_before_tail: true, pending: false, points: vec![0, 3] });
         let chain = plan("SELECT 1; COMMIT AND CHAIN", true);
-        assert_eq!(chain, SignedPlan { early: vec![], tail: 0, tenant_before_tail: true, pending: true });
+        assert_eq!((chain.splits(), chain.pending, chain.points), (false, true, vec![0]));
         let trailing = plan("SELECT 1; COMMIT", true);
         assert!(!trailing.pending && trailing.early.is_empty());
+    }
+
+    #[test]
+    fn signed_split_queries_copy_the_carried_tenant_inside_the_text() {
+        let sql = Bytes::from_static(
+            b"BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT 1; COMMIT; SET app.current_tenant_id = 'b'",
+        );
+        let insp = insp_of(std::str::from_utf8(&sql).unwrap());
+        let p = plan_signed(&insp, true);
+        assert_eq!(p.points, vec![1, 3]);
+        let r = rewrite_at(&sql, &insp, &p.points, b"COPY");
+        let expected = format!(
+            "BEGIN ISOLATION LEVEL SERIALIZABLE; COPY; SELECT 1; COMMIT; COPY; {}",
+            String::from_utf8_lossy(STAND_IN)
+        );
+        assert_eq!(text(&r), expected);
+        assert!(matches!(
+            r.roles.as_slice(),
+            [Role::Client, Role::Hidden, Role::Client, Role::Client, Role::Hidden, Role::StandIn(_)]
+        ));
+        let copy = String::from_utf8(copy_statement("app.current_tenant_id")).unwrap();
+        assert!(copy.contains("current_setting('pgtenant.carry_proof')") && !copy.contains('$'), "{copy}");
+    }
+
+    #[test]
+    fn signed_unlexable_text_plans_nothing() {
+        let p = plan("SELECT 1; COMMIT; SELECT 'unterminated", true);
+        assert_eq!((p.points, p.tenant_before_tail, p.pending), (vec![], false, false));
     }
 
     #[test]

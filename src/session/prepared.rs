@@ -48,6 +48,9 @@ impl Statement {
 /// Id reserved for the proxy's own tenant statement (see [`tenant_statement`]).
 pub const TENANT_STATEMENT_ID: u64 = u64::MAX;
 
+/// Id reserved for the signed-mode carry statement (see [`carry_statement`]).
+pub const CARRY_STATEMENT_ID: u64 = u64::MAX - 1;
+
 /// Name of the statement a stand-in Parse tries (and fails) to create, so that
 /// a refusal never disturbs the client's unnamed statement.
 pub const REFUSED_NAME: &[u8] = b"pgtenant_refused";
@@ -56,6 +59,9 @@ pub const REFUSED_NAME: &[u8] = b"pgtenant_refused";
 pub fn server_name(id: u64) -> Vec<u8> {
     if id == TENANT_STATEMENT_ID {
         return b"pgtenant_tenant".to_vec();
+    }
+    if id == CARRY_STATEMENT_ID {
+        return b"pgtenant_carry".to_vec();
     }
     format!("pgtenant_{id}").into_bytes()
 }
@@ -77,6 +83,27 @@ pub fn tenant_statement(setting: &str, signed: bool) -> Statement {
         id: TENANT_STATEMENT_ID,
         text: Bytes::from(text),
         types,
+        tx: false,
+        tx_end: false,
+        setup: false,
+        session: false,
+        no_block: false,
+    }
+}
+
+/// Signed mode: the statement that stores the tenant and its proof in
+/// session-level settings, for a simple Query that starts more than one
+/// transaction or sets a transaction up before its first other statement.
+pub fn carry_statement() -> Statement {
+    let text = format!(
+        "SELECT pg_catalog.set_config('{}', $1, false), pg_catalog.set_config('{}', $2, false)",
+        signing::CARRY_TENANT_SETTING,
+        signing::CARRY_PROOF_SETTING
+    );
+    Statement {
+        id: CARRY_STATEMENT_ID,
+        text: Bytes::from(text),
+        types: Bytes::from_static(&[0, 2, 0, 0, 0, 25, 0, 0, 0, 25]),
         tx: false,
         tx_end: false,
         setup: false,

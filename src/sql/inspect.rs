@@ -208,9 +208,10 @@ impl Inspector {
     /// and `standard_conforming_strings`.
     pub fn new(tenant_setting: &str) -> Self {
         let tenant = tenant_setting.to_ascii_lowercase();
-        // The signed-mode proof belongs to the proxy as much as the tenant does.
-        let proof = crate::auth::signing::PROOF_SETTING.to_string();
-        let mut protected = vec![tenant.clone(), SCS_SETTING.to_string(), proof];
+        // The signed-mode proof (and its carried copies) belong to the proxy as much as the tenant does.
+        use crate::auth::signing::{CARRY_PROOF_SETTING, CARRY_TENANT_SETTING, PROOF_SETTING};
+        let mut protected = vec![tenant.clone(), SCS_SETTING.to_string()];
+        protected.extend([PROOF_SETTING, CARRY_TENANT_SETTING, CARRY_PROOF_SETTING].map(String::from));
         // The server truncates each identifier of `SET a.b` to 63 bytes, so a configured
         // name with a longer part is reachable through its truncated spelling too.
         let truncated = truncate_parts(&tenant);

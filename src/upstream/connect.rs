@@ -89,6 +89,11 @@ impl PreparedCache {
         self.last_use.insert(id, self.tick).is_none()
     }
 
+    /// Whether `id` is prepared.
+    pub fn contains(&self, id: u64) -> bool {
+        self.last_use.contains_key(&id)
+    }
+
     /// Forgets `id` (its Parse failed, or it was closed).
     pub fn remove(&mut self, id: &u64) {
         self.last_use.remove(id);

@@ -122,6 +122,27 @@ impl PgCluster {
         }
     }
 
+    /// Puts the cluster in signed mode: the output of `pgtenant policy --signed`
+    /// applied, the reference schema's own policies (which read the setting
+    /// directly, and would be OR-ed with the signed ones) dropped, and `keys` loaded.
+    pub async fn make_signed(&self, keys: &[&str]) {
+        let url = format!("postgres://postgres@127.0.0.1:{}/app?sslmode=disable", self.port());
+        let out = super::proxy::run_cli(&["policy", "--signed", "--database-url", &url]);
+        let sql = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "policy --signed failed: {stderr}");
+        let su = self.superuser().await;
+        su.batch_execute(&sql).await.unwrap_or_else(|e| panic!("applying policy --signed: {e:?}\n{sql}"));
+        for t in TENANT_TABLES {
+            for cmd in ["select", "insert", "update", "delete"] {
+                su.batch_execute(&format!("DROP POLICY IF EXISTS {t}_{cmd} ON {t}")).await.unwrap();
+            }
+        }
+        for key in keys {
+            su.query_one("SELECT pgtenant.add_signing_key($1)", &[key]).await.expect("add signing key");
+        }
+    }
+
     /// Inserts `n` rows into `tool_calls` for `tenant` as superuser; returns their ids.
     pub async fn seed_tool_calls(&self, tenant: &str, n: usize) -> Vec<i64> {
         let client = self.superuser().await;

@@ -78,6 +78,14 @@ impl Default for ProxyOptions {
 }
 
 impl ProxyOptions {
+    /// The defaults in `tenant.mode = "signed"` with `key` (from an environment variable).
+    pub fn signed(key: &str) -> Self {
+        ProxyOptions::default()
+            .set("tenant", "mode", "\"signed\"")
+            .set("tenant", "signing_key_env", "\"TEST_SIGNING_KEY\"")
+            .env("TEST_SIGNING_KEY", key)
+    }
+
     /// Adds a command-line argument after `serve --config PATH`.
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.to_string());

@@ -6,6 +6,10 @@ use tokio_postgres::Client;
 use super::{query, ForeignKey, Index, Policy, Scope, TableGrants, TenantTable, USER_SCHEMAS};
 use crate::audit::AuditError;
 
+/// Schemas of application tables: the user schemas without the signed context's own
+/// (`pgtenant.signing_keys` is neither a tenant table nor one to list).
+const TABLE_SCHEMAS: &str = "n.nspname <> 'pgtenant'";
+
 pub(super) async fn tenant_tables(client: &Client, scope: &Scope) -> Result<Vec<TenantTable>, AuditError> {
     let sql = format!(
         "SELECT c.oid, pg_catalog.format('%I.%I', n.nspname, c.relname), c.relname::text, \
@@ -23,7 +27,8 @@ pub(super) async fn tenant_tables(client: &Client, scope: &Scope) -> Result<Vec<
          pg_catalog.has_table_privilege($1::name, c.oid, 'TRIGGER') \
          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-         WHERE c.relkind IN ('r', 'p') AND a.attname = $2::name AND {USER_SCHEMAS} ORDER BY 2"
+         WHERE c.relkind IN ('r', 'p') AND a.attname = $2::name AND {USER_SCHEMAS} AND {TABLE_SCHEMAS} \
+         ORDER BY 2"
     );
     let rows = query(client, &sql, &[&scope.role, &scope.column]).await?;
     Ok(rows
@@ -71,7 +76,12 @@ pub(super) async fn attach_policies(
                        WHERE CASE WHEN r = 0 THEN true ELSE pg_catalog.pg_has_role($1::name, r, 'USAGE') END), \
                EXISTS (SELECT 1 FROM pg_catalog.unnest(p.polroles) r \
                        WHERE CASE WHEN r = 0 THEN true ELSE pg_catalog.pg_has_role($1::name, r, 'MEMBER') END), \
-               pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) \
+               pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), \
+               EXISTS (SELECT 1 FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc f ON f.oid = d.refobjid \
+                       JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace \
+                       WHERE d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass AND d.objid = p.oid \
+                       AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+                       AND fn.nspname = 'pgtenant' AND f.proname = 'current_tenant' AND f.pronargs = 0) \
                FROM pg_catalog.pg_policy p WHERE p.polrelid = ANY($2::oid[]) ORDER BY 1, 2";
     for r in query(client, sql, &[&role, &oids]).await? {
         let command: String = r.get(2);
@@ -83,6 +93,7 @@ pub(super) async fn attach_policies(
             reachable: r.get(5),
             using: r.get(6),
             check: r.get(7),
+            calls_signed: r.get(8),
         };
         if let Some(t) = by_oid(tables, r.get(0)) {
             t.policies.push(policy);
@@ -180,7 +191,7 @@ pub(super) async fn other_tables(client: &Client, scope: &Scope) -> Result<Vec<(
         "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), \
          pg_catalog.has_table_privilege($1::name, c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE') \
          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND {USER_SCHEMAS} \
+         WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND {USER_SCHEMAS} AND {TABLE_SCHEMAS} \
          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid \
                          AND a.attname = $2::name AND NOT a.attisdropped) \
          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::regclass \

@@ -7,13 +7,16 @@ use crate::audit::catalog::{Catalog, RoleSetting, Scope};
 use crate::audit::literal;
 use crate::audit::policy::SET_CONFIG;
 use crate::audit::report::{Finding, Severity};
+use crate::audit::signed::{CURRENT_TENANT, SCHEMA as SIGNED_SCHEMA};
 
 use super::public_and;
 
-/// All bypass checks (not run for a superuser role).
-pub fn check(catalog: &Catalog, scope: &Scope) -> Vec<Finding> {
+/// All bypass checks (not run for a superuser role). With `signed_enforced` (the signed tenant
+/// context holds), code that changes the tenant setting reaches no other tenant's rows: the
+/// ways to run such code are then info only.
+pub fn check(catalog: &Catalog, scope: &Scope, signed_enforced: bool) -> Vec<Finding> {
     let role = catalog.role.as_ref().map_or(scope.role.as_str(), |r| r.ident.as_str());
-    let mut findings = code_paths(catalog, role);
+    let mut findings = code_paths(catalog, role, signed_enforced);
     findings.extend(functions_that_run_sql(catalog, role));
     findings.extend(session_texts(catalog, role));
     findings.extend(setting_sources(catalog, scope, role));
@@ -23,28 +26,34 @@ pub fn check(catalog: &Catalog, scope: &Scope) -> Vec<Finding> {
 }
 
 /// Ways to create code whose body the proxy never inspects.
-fn code_paths(catalog: &Catalog, role: &str) -> Vec<Finding> {
+fn code_paths(catalog: &Catalog, role: &str, signed_enforced: bool) -> Vec<Finding> {
     let p = &catalog.privileges;
     let db = format!("database {}", catalog.database);
+    let (severity, signed_note) = match signed_enforced {
+        true => (Severity::Info, " (signed tenant context: without a proof that reaches no other tenant's rows)"),
+        false => (Severity::Unsafe, ""),
+    };
     let mut findings = Vec::new();
     if p.temp {
-        let why = "the role has TEMPORARY: it can create functions in pg_temp whose bodies run SET or set_config on the tenant setting";
+        let why = format!("the role has TEMPORARY: it can create functions in pg_temp whose bodies run SET or set_config on the tenant setting{signed_note}");
         let fix = format!("REVOKE TEMPORARY ON DATABASE {} FROM {};", catalog.database_ident, public_and(role));
-        findings.push(Finding::new("bypass.temp", Severity::Unsafe, &db, why).fix(fix));
+        findings.push(Finding::new("bypass.temp", severity, &db, why).fix(fix));
     }
-    for schema in &p.create_schemas {
+    // CREATE on the signed context's own schema is checks::signed's `signed.schema_create`.
+    let signed_schema = |s: &String| catalog.signed.is_some() && s == SIGNED_SCHEMA;
+    for schema in p.create_schemas.iter().filter(|s| !signed_schema(s)) {
         let why = format!(
-            "the role can CREATE in schema {schema}: functions and views it creates can change the tenant setting"
+            "the role can CREATE in schema {schema}: functions and views it creates can change the tenant setting{signed_note}"
         );
         let fix = format!("REVOKE CREATE ON SCHEMA {schema} FROM {};", public_and(role));
-        findings.push(Finding::new("bypass.create_schema", Severity::Unsafe, format!("schema {schema}"), why).fix(fix));
+        findings.push(Finding::new("bypass.create_schema", severity, format!("schema {schema}"), why).fix(fix));
     }
     for language in &p.languages {
         let why = format!(
-            "the role can use {language}: a DO block runs dynamic SQL (EXECUTE 'SET ...') the proxy never sees"
+            "the role can use {language}: a DO block runs dynamic SQL (EXECUTE 'SET ...') the proxy never sees{signed_note}"
         );
         let fix = format!("REVOKE USAGE ON LANGUAGE {language} FROM {};", public_and(role));
-        findings.push(Finding::new("bypass.language", Severity::Unsafe, format!("language {language}"), why).fix(fix));
+        findings.push(Finding::new("bypass.language", severity, format!("language {language}"), why).fix(fix));
     }
     if p.set_config_public {
         let why = "set_config is executable by PUBLIC: keep it for the pooled role only (pgtenant needs it)";
@@ -195,9 +204,12 @@ fn views(catalog: &Catalog, role: &str) -> Vec<Finding> {
 
 /// SECURITY DEFINER functions the role can call that do not pin `search_path`.
 fn definers(catalog: &Catalog) -> Vec<Finding> {
+    // The signed context's function is `signed.function_search_path`, which is unsafe there.
+    let signed_function = |f: &String| catalog.signed.is_some() && f == CURRENT_TENANT;
     catalog
         .unpinned_definers
         .iter()
+        .filter(|f| !signed_function(f))
         .map(|f| {
             let why = "SECURITY DEFINER without a pinned search_path: objects the caller creates (pg_temp first) can hijack it and run as its owner";
             let fix = format!("ALTER FUNCTION {f} SET search_path = pg_catalog, pg_temp;  -- add the schemas it uses before pg_temp");
@@ -227,7 +239,7 @@ mod tests {
     }
 
     fn ids(c: &Catalog) -> Vec<(&'static str, Severity)> {
-        check(c, &scope()).iter().map(|f| (f.id, f.severity)).collect()
+        check(c, &scope(), false).iter().map(|f| (f.id, f.severity)).collect()
     }
 
     #[test]
@@ -254,13 +266,36 @@ mod tests {
     }
 
     #[test]
+    fn code_paths_are_info_when_the_signed_context_holds() {
+        let mut c = catalog();
+        c.privileges.temp = true;
+        c.privileges.create_schemas = vec!["public".into(), "pgtenant".into()];
+        c.privileges.languages = vec!["plpgsql".into()];
+        let found = check(&c, &scope(), true);
+        assert_eq!(
+            found.iter().map(|f| (f.id, f.severity)).collect::<Vec<_>>(),
+            [
+                ("bypass.temp", Severity::Info),
+                ("bypass.create_schema", Severity::Info),
+                ("bypass.create_schema", Severity::Info),
+                ("bypass.language", Severity::Info)
+            ]
+        );
+        assert!(found[0].why.contains("signed tenant context"), "{}", found[0].why);
+        // With the signed setup, CREATE on its schema is signed.schema_create, not repeated here.
+        c.signed = Some(crate::audit::catalog::SignedSetup::default());
+        let schemas: Vec<String> = check(&c, &scope(), false).into_iter().map(|f| f.object).collect();
+        assert!(!schemas.iter().any(|o| o == "schema pgtenant"), "{schemas:?}");
+    }
+
+    #[test]
     fn session_texts_need_the_function() {
         let mut c = catalog();
         c.privileges.activity_objects = vec!["pg_catalog.pg_stat_activity".into()];
         assert_eq!(ids(&c), [], "the view alone fails without the function");
         c.privileges.activity_objects.push("pg_stat_get_activity(integer)".into());
         assert_eq!(ids(&c), [("bypass.stat_activity", Severity::Warning)]);
-        let fix = &check(&c, &scope())[0].fix;
+        let fix = &check(&c, &scope(), false)[0].fix;
         assert!(fix.contains("REVOKE SELECT ON pg_catalog.pg_stat_activity FROM PUBLIC, app_user;"), "{fix}");
         assert!(
             fix.contains("REVOKE EXECUTE ON FUNCTION pg_stat_get_activity(integer) FROM PUBLIC, app_user;"),
@@ -281,7 +316,7 @@ mod tests {
                 ("setting.role_default", Severity::Unsafe)
             ]
         );
-        assert_eq!(check(&c, &scope())[2].fix, "ALTER ROLE app_user RESET app.current_tenant_id;");
+        assert_eq!(check(&c, &scope(), false)[2].fix, "ALTER ROLE app_user RESET app.current_tenant_id;");
     }
 
     #[test]
@@ -291,7 +326,7 @@ mod tests {
         assert_eq!(ids(&c), [("setting.server_default", Severity::Unsafe)]);
         c.server_setting_value = None;
         c.role_settings = vec![RoleSetting { role: None, this_database: true, value: "b".into() }];
-        let found = check(&c, &scope());
+        let found = check(&c, &scope(), false);
         assert_eq!((found[0].id, found[0].object.as_str()), ("setting.role_default", "database app"));
         assert_eq!(found[0].fix, "ALTER DATABASE app RESET app.current_tenant_id;");
     }
@@ -314,7 +349,9 @@ mod tests {
     #[test]
     fn unpinned_definers_are_flagged() {
         let mut c = catalog();
-        c.unpinned_definers = vec!["public.f()".into()];
-        assert_eq!(ids(&c), [("function.definer_search_path", Severity::Warning)]);
+        c.unpinned_definers = vec!["public.f()".into(), "pgtenant.current_tenant()".into()];
+        assert_eq!(ids(&c), [("function.definer_search_path", Severity::Warning); 2]);
+        c.signed = Some(crate::audit::catalog::SignedSetup::default());
+        assert_eq!(ids(&c), [("function.definer_search_path", Severity::Warning)], "signed.function_search_path");
     }
 }

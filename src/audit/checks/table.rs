@@ -5,7 +5,7 @@
 
 use crate::audit::catalog::{Catalog, Policy, Scope, TenantTable};
 use crate::audit::literal;
-use crate::audit::policy::{index_sql, policy_sql, COMMANDS, POLICY_PREFIX};
+use crate::audit::policy::{index_sql, policy_sql, TenantSource, COMMANDS, POLICY_PREFIX};
 use crate::audit::report::{Finding, Severity};
 
 use super::public_and;
@@ -74,8 +74,8 @@ fn missing_policies(catalog: &Catalog, scope: &Scope, table: &TenantTable, role:
         missing.join(", "),
         scope.role
     );
-    let fix: String =
-        missing.iter().map(|c| policy_sql(table, role, &catalog.column_ident, &scope.setting, c)).collect();
+    let source = TenantSource::of(catalog, &scope.setting);
+    let fix: String = missing.iter().map(|c| policy_sql(table, role, &catalog.column_ident, source, c)).collect();
     Some(Finding::new("table.policy_missing", Severity::Warning, table.label(), why).fix(fix.trim_end().to_string()))
 }
 
@@ -92,7 +92,10 @@ fn policy(table: &TenantTable, p: &Policy, setting: &str) -> Option<Finding> {
         return Some(Finding::new("policy.using_true", Severity::Unsafe, table.label(), why).fix(drop));
     }
     let needle = format!("current_setting({}", literal(setting));
-    if let Some((clause, _)) = exprs.iter().find(|(_, e)| !e.to_ascii_lowercase().contains(&needle)) {
+    // A signed policy takes the tenant from pgtenant.current_tenant() (checks::signed looks at how).
+    let reads_tenant =
+        |e: &str| e.to_ascii_lowercase().contains(&needle) || (p.calls_signed && e.contains("current_tenant()"));
+    if let Some((clause, _)) = exprs.iter().find(|(_, e)| !reads_tenant(e)) {
         let why = format!(
             "policy {}'s {clause} does not read {setting}: as a permissive policy it lets rows through for every tenant",
             p.name
@@ -218,7 +221,7 @@ fn grants(table: &TenantTable, role: &str) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::catalog::{ForeignKey, Index, RoleInfo, TableGrants};
+    use crate::audit::catalog::{ForeignKey, Index, RoleInfo, SignedFunction, SignedSetup, TableGrants};
 
     const GOOD: &str = "(tenant_id = ( SELECT (NULLIF(current_setting('app.current_tenant_id'::text, true), ''::text))::uuid AS \"nullif\"))";
 
@@ -235,6 +238,7 @@ mod tests {
             reachable: true,
             using: using.map(String::from),
             check: check.map(String::from),
+            calls_signed: using.or(check).is_some_and(|e| e.contains("pgtenant.current_tenant()")),
         }
     }
 
@@ -309,6 +313,41 @@ mod tests {
         assert_eq!(ids_for(t.clone()), [("policy.no_setting", Severity::Unsafe)]);
         t.policies.last_mut().unwrap().permissive = false;
         assert_eq!(ids_for(t), [], "a restrictive policy only narrows");
+    }
+
+    #[test]
+    fn signed_policies_read_the_tenant() {
+        let signed = "(tenant_id = (( SELECT pgtenant.current_tenant() AS current_tenant))::uuid)";
+        let mut t = good_table();
+        for p in &mut t.policies {
+            p.using = p.using.as_ref().map(|_| signed.to_string());
+            p.check = p.check.as_ref().map(|_| signed.to_string());
+            p.calls_signed = true;
+        }
+        assert_eq!(ids_for(t.clone()), []);
+        // The text alone is not enough: the policy must depend on the function itself.
+        t.policies[0].calls_signed = false;
+        assert_eq!(ids_for(t), [("policy.no_setting", Severity::Unsafe)]);
+    }
+
+    #[test]
+    fn missing_policies_are_fixed_in_the_signed_form_when_the_database_has_it() {
+        let mut t = good_table();
+        t.policies.retain(|p| p.command != 'd');
+        let catalog = Catalog {
+            column_ident: "tenant_id".into(),
+            role: Some(RoleInfo { ident: "app_user".into(), ..RoleInfo::default() }),
+            tables: vec![t],
+            signed: Some(SignedSetup { function: Some(SignedFunction::default()), ..SignedSetup::default() }),
+            ..Catalog::default()
+        };
+        let found = check(&catalog, &scope(), false);
+        assert_eq!(found[0].id, "table.policy_missing");
+        assert!(
+            found[0].fix.ends_with("USING (tenant_id = (SELECT pgtenant.current_tenant())::uuid);"),
+            "{}",
+            found[0].fix
+        );
     }
 
     #[test]

@@ -206,10 +206,14 @@ impl Session {
             }
             return;
         }
-        // The tenant statement is never evicted (every transaction uses it),
-        // nor counted against the cap.
-        let keep = [stmt.id, prepared::TENANT_STATEMENT_ID];
-        while let Some(old) = server.conn.prepared.evict_over(cap + 1, &keep) {
+        // The proxy's own statements are never evicted (every transaction may
+        // use them), nor counted against the cap.
+        let keep = [stmt.id, prepared::TENANT_STATEMENT_ID, prepared::CARRY_STATEMENT_ID];
+        let proxy_own = [prepared::TENANT_STATEMENT_ID, prepared::CARRY_STATEMENT_ID]
+            .iter()
+            .filter(|id| server.conn.prepared.contains(**id))
+            .count();
+        while let Some(old) = server.conn.prepared.evict_over(cap + proxy_own, &keep) {
             prepared::close_statement(&prepared::server_name(old), &mut self.sout);
             self.outstanding.push(Pending::Step(Step::Close, Owner::Proxy));
         }
@@ -388,6 +392,19 @@ impl Session {
             Some(proof) => prepared::run_in_tenant_portal(&name, &[&self.tenant, &proof], &mut self.sout),
             None => prepared::run_in_tenant_portal(&name, &[&self.tenant], &mut self.sout),
         }
+        for step in [Step::Bind, Step::Execute, Step::Close] {
+            self.outstanding.push(Pending::Step(step, Owner::Proxy));
+        }
+    }
+
+    /// Signed mode: Bind, Execute and Close of the carry statement, storing
+    /// the tenant and its proof in session-level settings for the copy
+    /// statements inside a Query text (see [`inject::copy_statement`]).
+    pub(super) fn push_carry_steps(&mut self) {
+        let stmt = Arc::new(prepared::carry_statement());
+        self.prepare_on_server(&stmt, true);
+        let proof = self.current_proof().expect("signed mode has a key");
+        prepared::run_in_tenant_portal(&stmt.server_name(), &[&self.tenant, &proof], &mut self.sout);
         for step in [Step::Bind, Step::Execute, Step::Close] {
             self.outstanding.push(Pending::Step(step, Owner::Proxy));
         }
