@@ -67,29 +67,6 @@ COST_SENTENCE = (
     "recomputing the HMAC-SHA256 with pgcrypto once per query, which the RLS rows add on top."
 )
 
-# The setup of `pgtenant policy --signed`, for a pgtenant built before that command existed.
-# Equivalent SQL; the report says when it was used.
-FALLBACK_SIGNED_SQL = f"""\
-CREATE EXTENSION IF NOT EXISTS pgcrypto;
-CREATE ROLE pgtenant_keyholder NOLOGIN;
-CREATE SCHEMA pgtenant AUTHORIZATION pgtenant_keyholder;
-GRANT USAGE ON SCHEMA pgtenant TO {APP_USER};
-CREATE TABLE pgtenant.signing_keys (kid text primary key, key bytea not null);
-ALTER TABLE pgtenant.signing_keys OWNER TO pgtenant_keyholder;
-CREATE FUNCTION pgtenant.current_tenant() RETURNS text LANGUAGE sql STABLE SECURITY DEFINER
-  SET search_path = pg_catalog, pg_temp AS $f$
- SELECT s.t FROM (SELECT NULLIF(current_setting('{SETTING}', true),'') t, current_setting('pgtenant.proof', true) p) s
-   JOIN pgtenant.signing_keys k ON k.kid = split_part(s.p, ':', 2)
- WHERE split_part(s.p, ':', 1) = 'v1'
-   AND encode(public.hmac(convert_to(s.t,'UTF8'), k.key, 'sha256'),'hex') = split_part(s.p, ':', 3) $f$;
-ALTER FUNCTION pgtenant.current_tenant() OWNER TO pgtenant_keyholder;
-ALTER TABLE tenant_items ENABLE ROW LEVEL SECURITY;
-ALTER TABLE tenant_items FORCE ROW LEVEL SECURITY;
-CREATE POLICY pgtenant_signed ON tenant_items AS PERMISSIVE FOR ALL TO {APP_USER}
-  USING (tenant_id = (SELECT pgtenant.current_tenant())::uuid)
-  WITH CHECK (tenant_id = (SELECT pgtenant.current_tenant())::uuid);
-"""
-
 
 def key_id(key: str) -> str:
     """The proof's key id: the first 8 hex digits of SHA-256 of the key (README, *Signed tenant context*)."""
@@ -145,23 +122,16 @@ def setup_databases(pg: Postgres, binary: Path, key: str, ws_dir: Path) -> dict:
     (ws_dir / "policy-plain.sql").write_text(plain_sql)
     pg.psql_script(plain_sql, db=PLAIN_DB)
 
-    if _has_policy_signed(binary):
-        log(f"signed: {SIGNED_DB}: applying `pgtenant policy --signed`, then pgtenant.add_signing_key")
-        signed_sql = _policy_sql(binary, pg, SIGNED_DB, signed=True)
-        (ws_dir / "policy-signed.sql").write_text(signed_sql)
-        pg.psql_script(signed_sql, db=SIGNED_DB)
-        kid = pg.psql_script(f"SELECT pgtenant.add_signing_key('{key}');", db=SIGNED_DB).strip()
-        info["setup"] = "`pgtenant policy --signed`, then `SELECT pgtenant.add_signing_key(<key>)`"
-        if kid and kid != key_id(key):
-            raise BenchError(f"pgtenant.add_signing_key returned key id {kid!r}, expected {key_id(key)!r}")
-    else:
-        log(f"signed: this pgtenant has no `policy --signed`: applying the equivalent SQL (FALLBACK_SIGNED_SQL)")
-        pg.psql_script(FALLBACK_SIGNED_SQL, db=SIGNED_DB)
-        pg.psql_script("INSERT INTO pgtenant.signing_keys VALUES "
-                       f"(left(encode(sha256(convert_to('{key}','UTF8')),'hex'),8), convert_to('{key}','UTF8'));",
-                       db=SIGNED_DB)
-        info["setup"] = ("the SQL equivalent of `pgtenant policy --signed` in `bench/harness/signed.py` "
-                         "(FALLBACK_SIGNED_SQL: this pgtenant has no `policy --signed`), key inserted directly")
+    if not _has_policy_signed(binary):
+        raise BenchError(f"{binary} has no `policy --signed`: the signed phase needs a pgtenant that has it")
+    log(f"signed: {SIGNED_DB}: applying `pgtenant policy --signed`, then pgtenant.add_signing_key")
+    signed_sql = _policy_sql(binary, pg, SIGNED_DB, signed=True)
+    (ws_dir / "policy-signed.sql").write_text(signed_sql)
+    pg.psql_script(signed_sql, db=SIGNED_DB)
+    kid = pg.psql_script(f"SELECT pgtenant.add_signing_key('{key}');", db=SIGNED_DB).strip()
+    if kid != key_id(key):
+        raise BenchError(f"pgtenant.add_signing_key returned key id {kid!r}, expected {key_id(key)!r}")
+    info["setup"] = "`pgtenant policy --signed`, then `SELECT pgtenant.add_signing_key(<key>)`"
     for db in (PLAIN_DB, SIGNED_DB):
         pg.psql("CHECKPOINT", db=db)
     info["policies"] = {PLAIN_DB: _check_policies(pg, PLAIN_DB, signed=False),
