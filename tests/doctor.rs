@@ -715,3 +715,26 @@ fn probe_usage(proxy: &Proxy, token_b: &str) -> (i32, String) {
     let out = pgtenant(&["doctor", "--probe", "--proxy-url", &proxy_url, "--token-a", &token_a, "--token-b", token_b]);
     (out.status.code().expect("exit code"), text(&out.stderr))
 }
+
+#[tokio::test]
+async fn probe_through_signed_mode_on_a_default_install_passes_the_do_block_check() {
+    const KEY: &str = "probe-signing-key-0123456789abcdef-0123456789";
+    let pg = PgCluster::start().await;
+    pg.seed_tool_calls(TENANT_A, 2).await;
+    // Plain mode on a default install: a DO block switches tenants.
+    let plain = Proxy::start(&pg, ProxyOptions::default()).await;
+    let (code, report) = probe(&plain, &pg, &plain.token(TENANT_B));
+    assert_eq!(code, 2, "{report:#}");
+    assert!(ids(&report, "findings").iter().any(|f| f == "probe.tamper_do"), "{report:#}");
+    drop(plain);
+
+    // Signed mode: the setting still changes, but no policy trusts it.
+    pg.make_signed(&[KEY]).await;
+    let signed = Proxy::start(&pg, ProxyOptions::signed(KEY)).await;
+    let (_, report) = probe(&signed, &pg, &signed.token(TENANT_B));
+    let passed = ids(&report, "passed");
+    for id in ["probe.tamper_do", "probe.read", "probe.update", "probe.delete", "probe.insert", "probe.own_rows"] {
+        assert!(passed.iter().any(|p| p == id), "{id} not in {passed:?}\n{report:#}");
+    }
+    assert!(!ids(&report, "findings").iter().any(|f| f.starts_with("probe.")), "{report:#}");
+}

@@ -343,17 +343,35 @@ async fn tamper_checks(opts: &ProbeOptions, a: &Tenant, b: &Tenant, report: &mut
         });
     }
     let body = format!("BEGIN EXECUTE 'SET LOCAL {s} = ' || quote_literal({other}); END");
-    let sql = format!("DO $pgtenant$ {body} $pgtenant$; SELECT pg_catalog.current_setting({}, true)", literal(s));
+    // In signed mode the policies trust only the verified tenant: a changed
+    // setting without a matching proof yields none (NULL), which is safe.
+    let signed = signed_setup(&a.client).await?;
+    let effective = match signed {
+        true => "pgtenant.current_tenant()".to_string(),
+        false => format!("pg_catalog.current_setting({}, true)", literal(s)),
+    };
+    let sql = format!("DO $pgtenant$ {body} $pgtenant$; SELECT {effective}");
     let tenant = do_block_tenant(&a.client, &sql).await?;
-    let changed = tenant.as_ref().is_ok_and(|t| t.as_deref() != Some(a.id.as_str()));
+    let changed = tenant.as_ref().is_ok_and(|t| match (signed, t.as_deref()) {
+        (true, None) => false,
+        (_, t) => t != Some(a.id.as_str()),
+    });
     record(report, !changed, "probe.tamper_do", &object, Severity::Unsafe, || {
-        let what = match &tenant {
-            Err(e) => format!("a DO block cannot change the tenant (refused: {e})"),
-            Ok(_) => "a DO block ran but the tenant stayed the same".to_string(),
+        let what = match (&tenant, signed) {
+            (Err(e), _) => format!("a DO block cannot change the tenant (refused: {e})"),
+            (Ok(_), true) => "a DO block changed the setting, but the signed context verifies no tenant".to_string(),
+            (Ok(_), false) => "a DO block ran but the tenant stayed the same".to_string(),
         };
         (what, "a DO block changed the tenant: revoke USAGE on plpgsql (see doctor's bypass.language)".to_string())
     });
     Ok(())
+}
+
+/// Whether the database has the signed setup (`pgtenant policy --signed`).
+async fn signed_setup(client: &Client) -> Result<bool, AuditError> {
+    let sql = "SELECT pg_catalog.to_regprocedure('pgtenant.current_tenant()') IS NOT NULL";
+    let row = client.query_one(sql, &[]).await.map_err(probe_error("the signed-setup lookup"))?;
+    Ok(row.get(0))
 }
 
 /// Runs the DO block and reads the tenant afterwards, in a rolled-back transaction.

@@ -409,9 +409,16 @@ impl Session {
         let insp = self.shared.inspector.inspect(&sql, self.standard_conforming_strings);
         // Inside an extended unit the tenant is already set, but setting it
         // again is harmless and keeps this simple.
-        let starts_transaction = self.predicted == Some(IDLE) || std::mem::take(&mut self.reinject);
+        let pending = std::mem::take(&mut self.reinject);
+        let starts_transaction = self.predicted == Some(IDLE) || pending;
         let single_no_block = insp.statements.len() == 1 && insp.statements[0].no_tx_block;
-        let inject = starts_transaction && !insp.lex_error && !insp.statements.is_empty() && !single_no_block;
+        // A lone statement outside any transaction that needs no tenant and
+        // opens no block (SET, SHOW, LOCK, SAVEPOINT, ...) runs as it would on
+        // PostgreSQL: a prefix would make it a two-statement implicit block,
+        // where LOCK or SAVEPOINT succeed instead of failing.
+        let lone_free = !pending && insp.statements.len() == 1 && inject::needs_no_tenant(&insp.statements[0]);
+        let inject =
+            starts_transaction && !insp.lex_error && !insp.statements.is_empty() && !single_no_block && !lone_free;
         let tx_control = insp.statements.iter().any(|s| s.tx != TxControl::None);
         self.note_deallocation(&insp);
         self.note_session_effects(&insp, &sql);

@@ -179,18 +179,27 @@ pub fn rewrite_query(sql: &Bytes, insp: &Inspection, tenant_stmt: Option<&[u8]>,
     Some(b.finish())
 }
 
-/// Whether a statement only sets up the transaction (`BEGIN`/`START
-/// TRANSACTION` with their modes, `SET TRANSACTION`, `SET
-/// transaction_isolation` ...): these fail (25001) once the transaction has
-/// taken a snapshot, which the signed-mode tenant statement (a `SELECT`)
-/// does, so the tenant goes in after them.
+/// Whether a statement can run before the signed-mode tenant statement of
+/// its transaction: transaction setup (`BEGIN ISOLATION LEVEL ...`, `SET
+/// TRANSACTION ...`), which fails (25001) once the transaction has taken a
+/// snapshot, as the tenant statement (a `SELECT`) does, and anything else that
+/// takes no snapshot and needs no tenant (`SET`, `SHOW`, `LOCK`, ...),
+/// which PostgreSQL lets run ahead of setup statements. The tenant goes in
+/// right before the first other statement.
 pub fn is_setup(st: &Statement) -> bool {
     if st.refusal.is_some() {
         return false;
     }
-    st.tx == TxControl::Begin
+    st.snapshot_free
+        || st.tx == TxControl::Begin
         || matches!(&st.session, Some(SessionEffect::Set { name, .. })
             if name == "transaction" || name.starts_with("transaction_"))
+}
+
+/// Whether a statement on its own, outside a transaction, needs no tenant:
+/// it takes no snapshot, reads no tenant data and opens no block.
+pub fn needs_no_tenant(st: &Statement) -> bool {
+    st.refusal.is_none() && st.snapshot_free && st.tx != TxControl::Begin
 }
 
 /// Whether a statement looks like `COPY ... FROM STDIN` (erring towards yes).
@@ -262,7 +271,8 @@ pub fn plan_signed(insp: &Inspection, needs_tenant: bool) -> SignedPlan {
             points.push(i);
             need = false;
         }
-        if ends_transaction_before_more(st.tx, i + 1 == n) {
+        // After ROLLBACK TO a savepoint older than the tenant, the tenant is gone.
+        if ends_transaction_before_more(st.tx, i + 1 == n) || st.rollback_to {
             need = true;
         }
     }
@@ -504,6 +514,14 @@ mod tests {
         ));
         let copy = String::from_utf8(copy_statement("app.current_tenant_id")).unwrap();
         assert!(copy.contains("current_setting('pgtenant.carry_proof')") && !copy.contains('$'), "{copy}");
+    }
+
+    #[test]
+    fn signed_tenant_is_set_again_after_rollback_to_a_savepoint() {
+        let p = plan("SAVEPOINT s; SELECT 1; ROLLBACK TO SAVEPOINT s; SELECT 2", true);
+        assert_eq!(p.points, vec![1, 3]);
+        assert!(plan("SELECT 1; ROLLBACK TO s", false).pending);
+        assert!(!plan("SELECT 1; ROLLBACK", false).pending);
     }
 
     #[test]

@@ -25,7 +25,8 @@ pub struct Statement {
     pub types: Bytes,
     /// Whether the text contains transaction control.
     pub tx: bool,
-    /// Whether it ends a transaction (COMMIT, ROLLBACK, ... AND CHAIN).
+    /// Whether the tenant must be set again after it: it ends a transaction
+    /// (COMMIT, ROLLBACK, ... AND CHAIN) or rolls back to a savepoint.
     pub tx_end: bool,
     /// Whether it only sets up a transaction (`BEGIN ...`, `SET TRANSACTION
     /// ...`), which must run before anything takes a snapshot: in signed mode

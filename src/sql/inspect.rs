@@ -68,6 +68,14 @@ pub struct Statement {
     /// `CREATE TABLE ... AS EXECUTE`): behind a pooler the only such
     /// statements upstream are the proxy's own.
     pub executes: bool,
+    /// Takes no snapshot and reads nothing a tenant policy or the tenant
+    /// setting decides: transaction control, `SAVEPOINT`/`RELEASE`, `SET`/
+    /// `RESET`, `LOCK`, `LISTEN`/`UNLISTEN`, `SHOW` of an unprotected setting
+    /// (from PostgreSQL's own list of statements run without a snapshot).
+    pub snapshot_free: bool,
+    /// `ROLLBACK TO [SAVEPOINT] name`: undoes settings made after the savepoint,
+    /// the tenant among them when it was set later.
+    pub rollback_to: bool,
 }
 
 /// Transaction control done by a statement.
@@ -260,7 +268,27 @@ impl Inspector {
         let lead = lead(toks);
         let session = lead.session.or_else(|| select_into_temp(toks)).or_else(|| advisory_lock(toks));
         let executes = executes_prepared(toks);
-        Statement { span, tx: lead.tx, no_tx_block: lead.no_tx_block, refusal: self.refusal(toks), session, executes }
+        let snapshot_free = self.snapshot_free(toks);
+        let refusal = self.refusal(toks);
+        let rollback_to = kw(toks, 0) == b"rollback" && lead.tx == TxControl::None && kw(toks, 1) != b"prepared";
+        let no_tx_block = lead.no_tx_block;
+        Statement { span, tx: lead.tx, no_tx_block, refusal, session, executes, snapshot_free, rollback_to }
+    }
+
+    fn snapshot_free(&self, toks: &[Token<'_>]) -> bool {
+        match kw(toks, 0) {
+            b"begin" | b"start" | b"commit" | b"end" | b"abort" | b"rollback" | b"savepoint" | b"release" => {
+                !matches!(kw(toks, 1), b"prepared")
+            }
+            b"set" | b"reset" | b"lock" | b"listen" | b"unlisten" => true,
+            b"show" => match dotted_name(toks, 1, self.max_parts) {
+                Some(name) if name.end == toks.len() => {
+                    !name.matches(b"all") && !self.protected.iter().any(|p| name.matches(p.as_bytes()))
+                }
+                _ => false,
+            },
+            _ => false,
+        }
     }
 
     /// Scans every token, not just the leading ones, so that `SET` clauses inside

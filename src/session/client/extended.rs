@@ -462,7 +462,9 @@ fn statement(insp: &Inspection, text: Bytes, types: Bytes) -> Statement {
     // set_config's third argument may make it session-wide, under any name.
     let session = insp.statements.iter().any(|s| s.session.is_some()) || params::mentions_set_config(&text);
     let no_block = matches!(insp.statements.as_slice(), [only] if only.no_tx_block);
-    let tx_end = insp.statements.iter().any(|s| matches!(s.tx, TxControl::End | TxControl::EndAndChain));
+    // ROLLBACK TO counts: it undoes a tenant set after its savepoint.
+    let tx_end =
+        insp.statements.iter().any(|s| matches!(s.tx, TxControl::End | TxControl::EndAndChain) || s.rollback_to);
     let setup = !insp.statements.is_empty() && insp.statements.iter().all(inject::is_setup);
     Statement { id: 0, text, types, tx, tx_end, setup, session, no_block }
 }
