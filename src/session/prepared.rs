@@ -120,19 +120,7 @@ pub const TENANT_PORTAL: &[u8] = b"pgtenant_tenant";
 /// Appends Bind (text parameters), Execute and Close of statement `name` in
 /// [`TENANT_PORTAL`]: three steps, each with a reply.
 pub fn run_in_tenant_portal(name: &[u8], params: &[&[u8]], out: &mut BytesMut) {
-    build::message(out, b'B', |b| {
-        b.put_slice(TENANT_PORTAL);
-        b.put_u8(0);
-        b.put_slice(name);
-        b.put_u8(0);
-        b.put_u16(0);
-        b.put_u16(params.len() as u16);
-        for p in params {
-            b.put_u32(p.len() as u32);
-            b.put_slice(p);
-        }
-        b.put_u16(0);
-    });
+    build::bind(out, TENANT_PORTAL, name, params);
     build::execute(out, TENANT_PORTAL);
     build::close_portal(out, TENANT_PORTAL);
 }

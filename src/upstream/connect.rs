@@ -266,7 +266,7 @@ impl ServerConn {
         let mut out = BytesMut::new();
         for (sql, params) in statements {
             crate::wire::build::parse_unnamed(&mut out, sql);
-            crate::wire::build::bind_unnamed_text(&mut out, params);
+            crate::wire::build::bind(&mut out, b"", b"", params);
             crate::wire::build::execute_unnamed(&mut out);
         }
         crate::wire::build::sync(&mut out);

@@ -126,11 +126,11 @@ pub fn bind_unnamed(buf: &mut BytesMut) {
     });
 }
 
-/// Bind ('B') of the unnamed statement to the unnamed portal with text parameters.
-pub fn bind_unnamed_text(buf: &mut BytesMut, params: &[&[u8]]) {
+/// Bind ('B') of `statement` to `portal` with text parameters and text results.
+pub fn bind(buf: &mut BytesMut, portal: &[u8], statement: &[u8], params: &[&[u8]]) {
     message(buf, b'B', |b| {
-        put_cstr(b, b"");
-        put_cstr(b, b"");
+        put_cstr(b, portal);
+        put_cstr(b, statement);
         b.put_u16(0);
         b.put_u16(params.len() as u16);
         for p in params {
