@@ -177,6 +177,14 @@ async fn messages_out_of_order_get_errors_not_hangs() {
     c.bind("", "never_parsed", &[]).execute("", 0).sync().flush().await;
     let msgs = tokio::time::timeout(within, c.read_until_ready()).await.expect("an answer, not a hang");
     assert_eq!(summarize(&msgs), ["E:26000", "Z:I"]);
+    // The unnamed portal of a finished transaction is gone, even though the
+    // proxy set the tenant at the start of the new one (in its own portal).
+    c.parse("", "SELECT 1", &[]).bind("", "", &[]).sync().flush().await;
+    let msgs = tokio::time::timeout(within, c.read_until_ready()).await.expect("an answer, not a hang");
+    assert_eq!(summarize(&msgs), ["1", "2", "Z:I"]);
+    c.execute("", 0).sync().flush().await;
+    let msgs = tokio::time::timeout(within, c.read_until_ready()).await.expect("an answer, not a hang");
+    assert_eq!(summarize(&msgs), ["E:34000", "Z:I"]);
     // CopyData and CopyDone outside COPY are ignored, as PostgreSQL does.
     c.raw(b'd', b"stray").raw(b'c', b"").flush().await;
     assert_eq!(summarize(&c.simple("SELECT 1").await), ["T", "D:1", "C:SELECT 1", "Z:I"]);
