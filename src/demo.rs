@@ -66,6 +66,8 @@ pub struct Options {
     pub port: Option<u16>,
     /// Directory of initdb and pg_ctl, instead of searching PATH and the usual places.
     pub pg_bin: Option<PathBuf>,
+    /// Signed tenant context (`tenant.mode = "signed"` and `policy --signed`).
+    pub signed: bool,
 }
 
 /// Runs the demo until SIGINT or SIGTERM, then stops the proxy and PostgreSQL
@@ -144,7 +146,11 @@ async fn demo(options: &Options, bins: PgBinaries, slot: &mut Option<Cluster>) -
     let cluster = slot.as_ref().expect("just set");
 
     let http_port = cluster::free_port()?;
-    let config = proxy_config(port, http_port, pg_port, &app_password, &secret)?;
+    let signing_key = match options.signed {
+        true => Some(sign_database(cluster).await?),
+        false => None,
+    };
+    let config = proxy_config(port, http_port, pg_port, &app_password, &secret, signing_key.as_deref())?;
 
     // The proxy runs in this task, so by the time its port accepts, it has
     // passed the point where it listens for signals itself (no await between).
@@ -159,7 +165,7 @@ async fn demo(options: &Options, bins: PgBinaries, slot: &mut Option<Cluster>) -
         ready = listening(port) => ready?,
     }
     drop(stop);
-    print_walkthrough(cluster, port, http_port, secret.as_bytes());
+    print_walkthrough(cluster, port, http_port, secret.as_bytes(), options.signed);
     proxy.await.context("the proxy failed")?;
     say("proxy stopped");
     Ok(())
@@ -217,9 +223,55 @@ async fn listening(port: u16) -> anyhow::Result<()> {
     anyhow::bail!("the proxy did not accept connections on {addr} within 15 s")
 }
 
+/// The demo database's own policies read the setting; `--signed` replaces them.
+const DROP_DEMO_POLICIES: &str = "DO $$ DECLARE p record; BEGIN \
+     FOR p IN SELECT schemaname, tablename, policyname FROM pg_catalog.pg_policies LOOP \
+     EXECUTE format('DROP POLICY %I ON %I.%I', p.policyname, p.schemaname, p.tablename); \
+     END LOOP; END $$";
+
+/// `--signed`: the database gets what `pgtenant policy --signed` prints (instead of its own
+/// policies, which trust the setting) and a fresh key, and `plpgsql` back for everyone, as on
+/// a fresh install, so that the walkthrough can show a DO block failing to switch tenants.
+/// Returns the key.
+async fn sign_database(cluster: &Cluster) -> anyhow::Result<String> {
+    use crate::audit::catalog::{Catalog, Scope};
+    use crate::audit::connect::{Target, Tls};
+    use crate::audit::policy;
+    say("signed mode: applying pgtenant policy --signed and loading a fresh key");
+    let mut config = tokio_postgres::Config::new();
+    config.host_path(cluster.dir()).port(cluster.port()).user("postgres").dbname("app");
+    let target = Target { config, tls: Tls::Disable };
+    let client = target.connect(None).await.context("connecting to the demo database")?;
+    // The script's DROP ... IF EXISTS notices would only clutter the walkthrough.
+    client.batch_execute("SET client_min_messages = warning").await.context("client_min_messages")?;
+    client.batch_execute(DROP_DEMO_POLICIES).await.context("dropping the demo's own policies")?;
+    // As on a fresh install, so that the walkthrough's DO block runs: signed mode needs no hardening.
+    client.batch_execute("GRANT USAGE ON LANGUAGE plpgsql TO PUBLIC").await.context("granting plpgsql")?;
+    let scope = Scope { role: "app_user".into(), column: "tenant_id".into(), setting: "app.current_tenant_id".into() };
+    let catalog = Catalog::read(&target, &scope).await.context("reading the demo database")?;
+    let options = policy::Options { harden: false, signed: Some("pgtenant_keyholder".into()) };
+    let sql = policy::generate(&catalog, &scope, &options);
+    client.batch_execute(&sql).await.context("applying pgtenant policy --signed")?;
+    let key = random_hex(32);
+    client.query_one("SELECT pgtenant.add_signing_key($1)", &[&key]).await.context("loading the signing key")?;
+    Ok(key)
+}
+
 /// The proxy's configuration: the generated secret, the cluster's `app_user`,
-/// a canary tenant for `/ready`.
-fn proxy_config(port: u16, http_port: u16, pg_port: u16, app_password: &str, secret: &str) -> anyhow::Result<Config> {
+/// a canary tenant for `/ready`, and in signed mode the signing key.
+fn proxy_config(
+    port: u16,
+    http_port: u16,
+    pg_port: u16,
+    app_password: &str,
+    secret: &str,
+    signing_key: Option<&str>,
+) -> anyhow::Result<Config> {
+    const KEY_VAR: &str = "PGTENANT_DEMO_SIGNING_KEY";
+    let mode = match signing_key {
+        Some(_) => format!("mode = \"signed\"\nsigning_key_env = \"{KEY_VAR}\""),
+        None => "mode = \"plain\"".to_string(),
+    };
     let text = format!(
         r#"[listen]
 addr = "127.0.0.1:{port}"
@@ -242,6 +294,7 @@ tenant_format = "uuid"
 
 [tenant]
 setting = "app.current_tenant_id"
+{mode}
 
 [http]
 addr = "127.0.0.1:{http_port}"
@@ -250,7 +303,8 @@ canary_tenant = "{canary}"
         canary = TENANTS[0].id,
     );
     // PGTENANT_* variables are not applied: the demo's settings are fixed.
-    Config::from_toml_str(&text, "pgtenant demo", &HashMap::new())
+    let env: HashMap<String, String> = signing_key.map(|k| (KEY_VAR.to_string(), k.to_string())).into_iter().collect();
+    Config::from_toml_str(&text, "pgtenant demo", &env)
         .map_err(|errors| anyhow::anyhow!("the demo's proxy configuration is invalid:\n{errors}"))
 }
 
@@ -274,7 +328,7 @@ fn token(secret: &[u8], tenant: &Tenant) -> String {
 }
 
 /// Prints the connection lines for each tenant and what to try, on stdout.
-fn print_walkthrough(cluster: &Cluster, port: u16, http_port: u16, secret: &[u8]) {
+fn print_walkthrough(cluster: &Cluster, port: u16, http_port: u16, secret: &[u8], signed: bool) {
     let [a, b] = &TENANTS;
     let mut out = String::new();
     let mut line = |s: &str| {
@@ -307,6 +361,18 @@ fn print_walkthrough(cluster: &Cluster, port: u16, http_port: u16, secret: &[u8]
     line("        -- ERROR: new row violates row-level security policy");
     line(&format!("  SET app.current_tenant_id = '{}';", b.id));
     line("        -- ERROR 42501: refused by pgtenant; your connection stays usable");
+    if signed {
+        line("Signed mode (plpgsql left usable, as on a fresh install): SQL the proxy cannot see");
+        line("may change the setting, but cannot prove it:");
+        line("  BEGIN;");
+        line(&format!(
+            "  DO $$ BEGIN EXECUTE 'SELECT set_' || 'config(''app.current_' || 'tenant_id'', ''{}'', true)'; END $$;",
+            b.id
+        ));
+        line("  SELECT current_setting('app.current_tenant_id'), pgtenant.current_tenant(), count(*) FROM tool_calls;");
+        line(&format!("        -- the setting says {}, the verified tenant is NULL, 0 rows", b.label));
+        line("  ROLLBACK;");
+    }
     line("");
     let dir = cluster.dir().display();
     line("All rows, as superuser straight to PostgreSQL (bypasses RLS; over the socket, not the proxy):");

@@ -69,6 +69,9 @@ enum Command {
         /// Directory holding initdb and pg_ctl [default: PATH, then the usual install locations]
         #[arg(long, value_name = "DIR")]
         pg_bin: Option<PathBuf>,
+        /// Signed tenant context: the output of `policy --signed`, a fresh key, the proxy in signed mode.
+        #[arg(long)]
+        signed: bool,
     },
     /// Audit a database's row-level security setup: exit 0 clean, 1 warnings, 2 unsafe.
     ///
@@ -163,7 +166,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => check_config(config),
         Command::Token { tenant, ttl, sub, config } => token(config, &tenant, ttl, sub),
-        Command::Demo { keep, port, pg_bin } => demo(pgtenant::demo::Options { keep, port, pg_bin }),
+        Command::Demo { keep, port, pg_bin, signed } => demo(pgtenant::demo::Options { keep, port, pg_bin, signed }),
         Command::Doctor(args) => doctor(args),
         Command::Policy(args) => policy(args),
     }

@@ -326,3 +326,39 @@ fn help_lists_the_options() {
     let top = Command::new(binary()).arg("--help").output().expect("run --help");
     assert!(String::from_utf8_lossy(&top.stdout).contains("demo"), "top-level help lacks demo");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_demo_keeps_tenants_apart_even_from_a_do_block() {
+    let port = free_port();
+    let mut demo = Demo::spawn(&["--port", &port.to_string(), "--signed"]);
+    let w = demo.walkthrough();
+    let output = demo.output.text();
+    assert!(output.contains("Signed mode (plpgsql left usable") && !output.contains("NOTICE"), "{output}");
+    let (a, url_a) = &w.tenants[0];
+    let b = &w.tenants[1].0;
+    let client = connect(url_a).await;
+    let rows = tool_calls(&client).await;
+    assert!(!rows.is_empty() && rows.iter().all(|(_, t)| t == a), "{rows:?}");
+    let verified: Option<String> = client.query_one("SELECT pgtenant.current_tenant()", &[]).await.unwrap().get(0);
+    assert_eq!(verified.as_deref(), Some(a.as_str()));
+
+    // The walkthrough's attack: the setting changes, nothing proves it, no rows.
+    client.batch_execute("BEGIN").await.unwrap();
+    let attack = format!(
+        "DO $$ BEGIN EXECUTE 'SELECT set_' || 'config(''app.current_' || 'tenant_id'', ''{b}'', true)'; END $$"
+    );
+    client.batch_execute(&attack).await.unwrap();
+    let sql = "SELECT current_setting('app.current_tenant_id'), pgtenant.current_tenant(), count(*) FROM tool_calls";
+    let row = client.query_one(sql, &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), *b);
+    assert_eq!(row.get::<_, Option<String>>(1), None);
+    assert_eq!(row.get::<_, i64>(2), 0);
+    client.batch_execute("ROLLBACK").await.unwrap();
+    drop(client);
+
+    demo.interrupt();
+    let status = demo.wait_exit();
+    let output = demo.output.text();
+    assert_eq!(status.code(), Some(0), "exit status after SIGINT\n{output}");
+    assert_gone(&w.temp_dir, w.pg_port, &output);
+}
