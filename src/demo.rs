@@ -413,12 +413,17 @@ mod tests {
     #[test]
     fn the_proxy_config_is_valid_and_fixed() {
         let secret = random_hex(32);
-        let config = proxy_config(16432, 19930, 54321, "pw", &secret).expect("valid config");
+        let config = proxy_config(16432, 19930, 54321, "pw", &secret, None).expect("valid config");
         assert_eq!(config.listen.addr, "127.0.0.1:16432".parse().unwrap());
         assert_eq!(config.http.addr, "127.0.0.1:19930".parse().unwrap());
         assert_eq!((config.upstream.port, config.upstream.user.as_str()), (54321, "app_user"));
         assert_eq!(config.http.canary_tenant.as_ref().map(|t| t.as_str()), Some(TENANTS[0].id));
-        assert_eq!(config.auth.key, crate::config::KeySource::HsSecret(secret.into_bytes()));
+        assert_eq!(config.auth.key, crate::config::KeySource::HsSecret(secret.clone().into_bytes()));
+        assert_eq!(config.tenant.mode, crate::config::TenantMode::Plain);
+        let key = random_hex(32);
+        let signed = proxy_config(16432, 19930, 54321, "pw", &secret, Some(&key)).expect("valid signed config");
+        let expected = crate::auth::signing::SigningKey::new(key.into_bytes()).unwrap();
+        assert_eq!(signed.tenant.mode, crate::config::TenantMode::Signed(expected));
     }
 
     #[test]
@@ -432,7 +437,7 @@ mod tests {
     #[test]
     fn tokens_verify_for_their_tenant() {
         let secret = random_hex(32);
-        let config = proxy_config(16432, 19930, 54321, "pw", &secret).unwrap();
+        let config = proxy_config(16432, 19930, 54321, "pw", &secret, None).unwrap();
         let verifier = crate::auth::jwt::Verifier::new(&config.auth).unwrap();
         for tenant in &TENANTS {
             let verified = verifier.verify(&token(secret.as_bytes(), tenant)).expect("token verifies");
