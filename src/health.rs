@@ -15,11 +15,12 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::auth::signing::SigningKey;
 use crate::auth::tenant::TenantId;
 use crate::server::Shared;
 use crate::session::{inject, prepared};
 use crate::sql::inspect::Inspection;
-use crate::upstream::connect::{ServerConn, UpstreamError};
+use crate::upstream::connect::{ServerConn, ServerError, UpstreamError};
 use crate::upstream::{role, Owner, PoolError};
 
 /// The readiness verdict and what it is made of.
@@ -272,16 +273,27 @@ async fn with_tenant_count(
         let rewritten = inject::rewrite_query(sql, insp, Some(&tenant_stmt), true).expect("injection always rewrites");
         return count(conn, &String::from_utf8_lossy(&rewritten.text)).await;
     };
-    let stmt = prepared::tenant_statement(&config.tenant.setting, true);
-    let proof = key.proof(tenant.as_str());
-    let params: [&[u8]; 2] = [tenant.as_str().as_bytes(), proof.as_bytes()];
-    Ok(match conn.extended_query(&[(&stmt.text, &params), (sql, &[])]).await? {
-        Ok(rows) => {
-            let value = rows.into_iter().nth(1).flatten().and_then(|row| row.into_iter().next().flatten());
-            value.and_then(|v| v.parse().ok()).ok_or_else(|| "its first column is not a count".to_string())
-        }
+    Ok(match signed_first_value(conn, &config.tenant.setting, key, tenant.as_str(), sql).await? {
+        Ok(value) => value.and_then(|v| v.parse().ok()).ok_or_else(|| "its first column is not a count".to_string()),
         Err(e) => Err(format!("{} ({})", e.message, e.code)),
     })
+}
+
+/// Binds `tenant` and its proof to the tenant statement exactly as client
+/// transactions get them, then runs `sql` in the same transaction; returns
+/// the first column of its first row.
+async fn signed_first_value(
+    conn: &mut ServerConn,
+    setting: &str,
+    key: &SigningKey,
+    tenant: &str,
+    sql: &[u8],
+) -> Result<Result<Option<String>, ServerError>, UpstreamError> {
+    let stmt = prepared::tenant_statement(setting, true);
+    let proof = key.proof(tenant);
+    let params: [&[u8]; 2] = [tenant.as_bytes(), proof.as_bytes()];
+    let rows = conn.extended_query(&[(&stmt.text, &params), (sql, &[])]).await?;
+    Ok(rows.map(|rows| rows.into_iter().nth(1).flatten().and_then(|row| row.into_iter().next().flatten())))
 }
 
 /// A tenant id valid in both formats, used only to check that the database
@@ -296,12 +308,9 @@ async fn signed_check(shared: &Shared, conn: &mut ServerConn) -> Result<String, 
     let Some(key) = config.tenant.mode.signing_key() else {
         return Ok("skipped: tenant.mode is plain".into());
     };
-    let stmt = prepared::tenant_statement(&config.tenant.setting, true);
-    let proof = key.proof(CHECK_TENANT);
-    let params: [&[u8]; 2] = [CHECK_TENANT.as_bytes(), proof.as_bytes()];
-    let verify: &[u8] = b"SELECT pgtenant.current_tenant()";
-    Ok(match conn.extended_query(&[(&stmt.text, &params), (verify, &[])]).await? {
-        Ok(rows) => match rows.into_iter().nth(1).flatten().and_then(|row| row.into_iter().next().flatten()) {
+    let verify = b"SELECT pgtenant.current_tenant()";
+    Ok(match signed_first_value(conn, &config.tenant.setting, key, CHECK_TENANT, verify).await? {
+        Ok(value) => match value {
             Some(t) if t == CHECK_TENANT => "ok".into(),
             _ => format!(
                 "the database does not accept this proxy's proofs: add its key (id {}) with \

@@ -77,9 +77,6 @@ pub struct Session {
     /// Signed mode: the attached server holds this client's tenant and proof
     /// in the session-level carry settings (cleared before it goes back).
     carry_ready: bool,
-    /// Signed mode: the statement that copies the carried values into the
-    /// transaction-local settings, inside a Query text.
-    copy_stmt: Bytes,
     /// This client's tenant as the pool knows it (per-tenant cap, fair turns).
     owner: Owner,
     /// Counts this client in its tenant's metrics while it is connected.
@@ -236,7 +233,6 @@ impl Session {
             signed,
             proof: None,
             carry_ready: false,
-            copy_stmt: Bytes::from(inject::copy_statement(&setting)),
             owner: Owner::tenant(&tenant),
             counted,
             attached_at: Instant::now(),
@@ -473,7 +469,9 @@ impl Session {
                 self.outstanding.push(Pending::HiddenSync { forward: false });
                 self.carry_ready = true;
             }
-            let rw = inject::rewrite_at(sql, insp, &plan.points, &self.copy_stmt);
+            // Built when needed: this path is rare, and a field would cost every idle client.
+            let copy = inject::copy_statement(&self.shared.config().tenant.setting);
+            let rw = inject::rewrite_at(sql, insp, &plan.points, &copy);
             build::query(&mut self.sout, &rw.text);
             let roles = rw.roles.clone();
             self.outstanding.push(Pending::Query(QueryPlan::new(roles, Some(rw.into_map()))));

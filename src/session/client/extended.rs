@@ -401,7 +401,7 @@ impl Session {
     /// the tenant and its proof in session-level settings for the copy
     /// statements inside a Query text (see [`inject::copy_statement`]).
     pub(super) fn push_carry_steps(&mut self) {
-        let stmt = Arc::new(prepared::carry_statement());
+        let stmt = prepared::carry_statement();
         self.prepare_on_server(&stmt, true);
         let proof = self.current_proof().expect("signed mode has a key");
         prepared::run_in_tenant_portal(&stmt.server_name(), &[&self.tenant, &proof], &mut self.sout);
